@@ -1,0 +1,3 @@
+//! Placeholder: being built (see ARCHITECTURE.md).
+
+pub mod cli;

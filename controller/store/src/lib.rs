@@ -1,0 +1,1 @@
+//! The controller object store (see ARCHITECTURE.md).

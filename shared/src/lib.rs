@@ -1,0 +1,11 @@
+//! Types shared by `flotilla-controller` and `flotilla-agent`.
+//!
+//! This crate holds data and pure functions only — no I/O policy:
+//! - [`wire`]: the agent-link protocol (versioned hello, postcard frames, length prefix);
+//! - [`quantity`]: Kubernetes resource quantities (`100m`, `1Gi`) as integers.
+
+pub mod quantity;
+pub mod wire;
+
+/// The Flotilla release this build belongs to.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
