@@ -1,1 +1,53 @@
-//! The controller object store (see ARCHITECTURE.md).
+//! Flotilla's object store: Kubernetes objects as opaque bytes in one redb file.
+//!
+//! - One global revision counter: every successful write takes the next revision, which
+//!   the API serves as the object's `resourceVersion`. Revisions strictly increase, also
+//!   across restarts.
+//! - Optimistic concurrency: updates and deletes may name the revision they expect and
+//!   fail with [`StoreError::Conflict`] when it is stale.
+//! - Durability: a write returns only after its transaction is fsync'd. Writes that wait
+//!   at the same time share one transaction (group commit), see [`committer`].
+//! - A change log drives [`Watcher`]s; history outside a retention window is compacted,
+//!   and watching from a compacted revision fails with [`StoreError::Gone`].
+//!
+//! The interface is deliberately narrow — get, list, create/update/delete with an
+//! expected revision, watch from a revision — so another backend (etcd) could serve it.
+
+mod codec;
+pub mod committer;
+mod error;
+mod key;
+mod store;
+mod watch;
+
+pub use error::{Result, StoreError};
+pub use key::Key;
+pub use store::{ListPage, Store, StoreOptions, StoreStats};
+pub use watch::Watcher;
+
+use bytes::Bytes;
+
+/// A stored object: its key, the revision of its last write (its resourceVersion) and its
+/// value (canonical JSON, opaque to the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub key: Key,
+    pub revision: u64,
+    pub value: Bytes,
+}
+
+/// What happened to an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change, as a watcher sees it. For `Deleted`, `object.value` is the last state and
+/// `object.revision` the revision of the deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub object: Object,
+}

@@ -1,0 +1,288 @@
+//! The write path: one thread drains the queue of pending writes, applies as many as are
+//! waiting in one redb transaction (group commit, fsync'd with `Durability::Immediate`),
+//! then publishes the events to watchers and answers every writer.
+//!
+//! Each successful write takes the next global revision; a write whose precondition fails
+//! takes none. The change log therefore holds exactly the revisions
+//! `compacted + 1 ..= revision`. Compaction of old history runs inside the same
+//! transactions, and on a timer when the store is idle.
+
+use crate::codec::{self, LOG, META, META_COMPACTED, META_REVISION, OBJECTS};
+use crate::watch::Registry;
+use crate::{Event, EventKind, Key, Object, StoreError, StoreOptions};
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableTable, Table};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+
+/// Most log records one compaction step removes, so a commit stays short.
+const COMPACT_STEP: usize = 4096;
+
+pub(crate) enum Op {
+    Create {
+        key: Key,
+        value: Vec<u8>,
+    },
+    Update {
+        key: Key,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    },
+    Delete {
+        key: Key,
+        expected: Option<u64>,
+    },
+}
+
+pub(crate) struct Pending {
+    pub op: Op,
+    pub reply: async_channel::Sender<Result<Object, StoreError>>,
+}
+
+/// Counters shared with `Store::stats`.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub commits: AtomicU64,
+    pub writes: AtomicU64,
+    pub compacted: AtomicU64,
+}
+
+pub(crate) struct Committer {
+    pub db: Arc<Database>,
+    pub registry: Arc<Registry>,
+    pub counters: Arc<Counters>,
+    pub options: StoreOptions,
+    pub revision: u64,
+    pub compacted: u64,
+}
+
+impl Committer {
+    pub(crate) fn run(mut self, rx: Receiver<Pending>) {
+        loop {
+            let first = match rx.recv_timeout(self.options.compaction_interval) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.compact_only() {
+                        tracing::warn!(error = %e, "store compaction failed");
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.options.max_batch {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+        self.registry.close_all();
+    }
+
+    fn commit(&mut self, batch: Vec<Pending>) {
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+        let now = codec::now_millis();
+        let mut results = Vec::with_capacity(replies.len());
+        let mut events = Vec::new();
+        let outcome = (|| -> Result<(u64, u64), StoreError> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let (revision, compacted) = {
+                let mut objects = txn.open_table(OBJECTS)?;
+                let mut log = txn.open_table(LOG)?;
+                let mut meta = txn.open_table(META)?;
+                let mut revision = self.revision;
+                for op in ops {
+                    match apply(&mut objects, &mut log, revision + 1, now, op)? {
+                        Ok(event) => {
+                            revision += 1;
+                            results.push(Ok(event.object.clone()));
+                            events.push(Arc::new(event));
+                        }
+                        Err(e) => results.push(Err(e)),
+                    }
+                }
+                meta.insert(META_REVISION, revision)?;
+                let compacted = compact(
+                    &mut log,
+                    &mut meta,
+                    self.compacted,
+                    revision,
+                    now,
+                    &self.options,
+                )?;
+                (revision, compacted)
+            };
+            txn.commit()?;
+            Ok((revision, compacted))
+        })();
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok((revision, compacted)) => {
+                self.revision = revision;
+                self.compacted = compacted;
+                self.counters.compacted.store(compacted, Ordering::Relaxed);
+                self.counters
+                    .writes
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.registry.publish(&events, revision);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.try_send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = replies.len(), "store commit failed");
+                for reply in replies {
+                    let _ = reply.try_send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Removes expired history when no write is pending.
+    fn compact_only(&mut self) -> Result<(), StoreError> {
+        let now = codec::now_millis();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let compacted = {
+            let mut log = txn.open_table(LOG)?;
+            let mut meta = txn.open_table(META)?;
+            compact(
+                &mut log,
+                &mut meta,
+                self.compacted,
+                self.revision,
+                now,
+                &self.options,
+            )?
+        };
+        if compacted == self.compacted {
+            txn.abort()?;
+            return Ok(());
+        }
+        txn.commit()?;
+        self.compacted = compacted;
+        self.counters.compacted.store(compacted, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Applies one write at `revision`. The outer error aborts the whole batch (storage
+/// failure); the inner one is this write's own outcome (precondition failed).
+fn apply(
+    objects: &mut Table<&[u8], &[u8]>,
+    log: &mut Table<u64, &[u8]>,
+    revision: u64,
+    now: u64,
+    op: Op,
+) -> Result<Result<Event, StoreError>, StoreError> {
+    let (kind, key, value) = match op {
+        Op::Create { key, value } => {
+            let enc = key.encode();
+            if objects.get(enc.as_slice())?.is_some() {
+                return Ok(Err(StoreError::AlreadyExists));
+            }
+            objects.insert(
+                enc.as_slice(),
+                codec::encode_object(revision, &value).as_slice(),
+            )?;
+            log.insert(
+                revision,
+                codec::encode_log(EventKind::Added, now, &enc, &value).as_slice(),
+            )?;
+            (EventKind::Added, key, Bytes::from(value))
+        }
+        Op::Update {
+            key,
+            value,
+            expected,
+        } => {
+            let enc = key.encode();
+            let current = match objects.get(enc.as_slice())? {
+                None => return Ok(Err(StoreError::NotFound)),
+                Some(rec) => codec::object_revision(rec.value())?,
+            };
+            if let Some(expected) = expected
+                && expected != current
+            {
+                return Ok(Err(StoreError::Conflict { current }));
+            }
+            objects.insert(
+                enc.as_slice(),
+                codec::encode_object(revision, &value).as_slice(),
+            )?;
+            log.insert(
+                revision,
+                codec::encode_log(EventKind::Modified, now, &enc, &value).as_slice(),
+            )?;
+            (EventKind::Modified, key, Bytes::from(value))
+        }
+        Op::Delete { key, expected } => {
+            let enc = key.encode();
+            let last = match objects.get(enc.as_slice())? {
+                None => return Ok(Err(StoreError::NotFound)),
+                Some(rec) => {
+                    let (current, value) = codec::decode_object(rec.value())?;
+                    if let Some(expected) = expected
+                        && expected != current
+                    {
+                        return Ok(Err(StoreError::Conflict { current }));
+                    }
+                    Bytes::copy_from_slice(value)
+                }
+            };
+            objects.remove(enc.as_slice())?;
+            log.insert(
+                revision,
+                codec::encode_log(EventKind::Deleted, now, &enc, &last).as_slice(),
+            )?;
+            (EventKind::Deleted, key, last)
+        }
+    };
+    Ok(Ok(Event {
+        kind,
+        object: Object {
+            key,
+            revision,
+            value,
+        },
+    }))
+}
+
+/// Drops log records outside the retention window (older than `history_revisions`
+/// revisions or than `history_age`), at most [`COMPACT_STEP`] per call, and persists the
+/// new compaction mark. Returns the mark.
+fn compact(
+    log: &mut Table<u64, &[u8]>,
+    meta: &mut Table<&str, u64>,
+    mut compacted: u64,
+    revision: u64,
+    now: u64,
+    options: &StoreOptions,
+) -> Result<u64, StoreError> {
+    let count_floor = revision.saturating_sub(options.history_revisions);
+    let age_floor = now.saturating_sub(options.history_age.as_millis() as u64);
+    let start = compacted;
+    for _ in 0..COMPACT_STEP {
+        let expired = match log.first()? {
+            None => break,
+            Some((rev, record)) => {
+                let rev = rev.value();
+                rev <= count_floor || codec::decode_log(record.value())?.millis < age_floor
+            }
+        };
+        if !expired {
+            break;
+        }
+        if let Some((rev, _)) = log.pop_first()? {
+            compacted = rev.value();
+        }
+    }
+    if compacted != start {
+        meta.insert(META_COMPACTED, compacted)?;
+    }
+    Ok(compacted)
+}

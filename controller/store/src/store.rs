@@ -1,0 +1,322 @@
+//! [`Store`]: opening the database, reads (get, list) from redb snapshots, and the async
+//! and blocking write calls that hand work to the committer thread.
+
+use crate::codec::{self, LOG, META, META_COMPACTED, META_REVISION, OBJECTS};
+use crate::committer::{Committer, Counters, Op, Pending};
+use crate::key::{self, Key};
+use crate::watch::{Registry, Watcher};
+use crate::{Object, Result, StoreError};
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Tuning of a [`Store`]. The defaults suit a small controller.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of redb page cache (bounds the store's share of RSS).
+    pub cache_size: usize,
+    /// Change-log records older than this many revisions are compacted.
+    pub history_revisions: u64,
+    /// Change-log records older than this are compacted.
+    pub history_age: Duration,
+    /// How often an idle store checks for history to compact.
+    pub compaction_interval: Duration,
+    /// Most writes in one group commit.
+    pub max_batch: usize,
+    /// Events a watcher may have pending before it is cut off.
+    pub watch_queue: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_size: 8 << 20,
+            history_revisions: 20_000,
+            history_age: Duration::from_secs(5 * 60),
+            compaction_interval: Duration::from_secs(10),
+            max_batch: 1024,
+            watch_queue: 10_000,
+        }
+    }
+}
+
+/// One page of a list, read from a single snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    pub items: Vec<Object>,
+    /// The store revision of the snapshot the page was read from.
+    pub revision: u64,
+    /// More objects follow the last item (continue with `after` = its key).
+    pub more: bool,
+}
+
+/// Counters for tests, metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub revision: u64,
+    /// Every change-log record at or below this revision has been removed.
+    pub compacted: u64,
+    /// Write transactions committed since open.
+    pub commits: u64,
+    /// Successful writes since open.
+    pub writes: u64,
+}
+
+/// Handle to an open store. Cheap to clone; the store closes when the last clone drops
+/// (watchers then end).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    registry: Arc<Registry>,
+    counters: Arc<Counters>,
+    options: StoreOptions,
+    tx: Option<mpsc::Sender<Pending>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file if absent.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_size)
+            .create(path)?;
+        let txn = db.begin_write()?;
+        let (revision, compacted) = {
+            txn.open_table(OBJECTS)?;
+            txn.open_table(LOG)?;
+            let meta = txn.open_table(META)?;
+            let get = |name| -> Result<u64> { Ok(meta.get(name)?.map(|g| g.value()).unwrap_or(0)) };
+            (get(META_REVISION)?, get(META_COMPACTED)?)
+        };
+        txn.commit()?;
+        let db = Arc::new(db);
+        let registry = Arc::new(Registry::new(revision));
+        let counters = Arc::new(Counters::default());
+        counters.compacted.store(compacted, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        let committer = Committer {
+            db: db.clone(),
+            registry: registry.clone(),
+            counters: counters.clone(),
+            options: options.clone(),
+            revision,
+            compacted,
+        };
+        let thread = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(|e| StoreError::Db(Arc::new(e.into())))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                registry,
+                counters,
+                options,
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// The current global revision: the last one committed and published to watchers.
+    pub fn revision(&self) -> u64 {
+        self.inner.registry.revision()
+    }
+
+    /// Counters: revision, compaction mark, commits and writes since open.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        StoreStats {
+            revision: self.revision(),
+            compacted: c.compacted.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The object at `key`, if any.
+    pub fn get(&self, key: &Key) -> Result<Option<Object>> {
+        key.validate()?;
+        let txn = self.inner.db.begin_read()?;
+        let objects = txn.open_table(OBJECTS)?;
+        let Some(record) = objects.get(key.encode().as_slice())? else {
+            return Ok(None);
+        };
+        let (revision, value) = codec::decode_object(record.value())?;
+        Ok(Some(Object {
+            key: key.clone(),
+            revision,
+            value: Bytes::copy_from_slice(value),
+        }))
+    }
+
+    /// Objects of `resource` in key order, in `namespace` or all namespaces (`None`),
+    /// starting after the key `after` (a continue token: the last key of the previous
+    /// page), at most `limit` of them (`None` or `Some(0)`: all). The page is one
+    /// consistent snapshot at `revision`.
+    pub fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&Key>,
+        limit: Option<usize>,
+    ) -> Result<ListPage> {
+        key::validate_resource(resource)?;
+        if let Some(ns) = namespace {
+            key::validate_part("namespace", ns)?;
+        }
+        let prefix = key::prefix(resource, namespace);
+        let end = key::prefix_end(&prefix);
+        let after = match after {
+            None => None,
+            Some(k) => {
+                k.validate()?;
+                let enc = k.encode();
+                if !key::matches(&enc, &prefix) {
+                    return Err(StoreError::InvalidKey(format!(
+                        "continue key {k} is not in the listed resource/namespace"
+                    )));
+                }
+                Some(enc)
+            }
+        };
+        let start = match &after {
+            Some(enc) => Bound::Excluded(enc.as_slice()),
+            None => Bound::Included(prefix.as_slice()),
+        };
+        let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+
+        let txn = self.inner.db.begin_read()?;
+        let revision = txn
+            .open_table(META)?
+            .get(META_REVISION)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let objects = txn.open_table(OBJECTS)?;
+        let mut page = ListPage {
+            items: Vec::new(),
+            revision,
+            more: false,
+        };
+        for entry in objects.range::<&[u8]>((start, Bound::Excluded(end.as_slice())))? {
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            let (k, record) = entry?;
+            let (rev, value) = codec::decode_object(record.value())?;
+            page.items.push(Object {
+                key: Key::decode(k.value())?,
+                revision: rev,
+                value: Bytes::copy_from_slice(value),
+            });
+        }
+        Ok(page)
+    }
+
+    /// Creates the object; fails with `AlreadyExists`. Returns its revision once durable.
+    pub async fn create(&self, key: Key, value: Vec<u8>) -> Result<u64> {
+        key.validate()?;
+        Ok(self.submit(Op::Create { key, value }).await?.revision)
+    }
+
+    /// Replaces the object's value, if its revision is `expected` (when given). Fails with
+    /// `NotFound` or `Conflict`. Returns the new revision once durable.
+    pub async fn update(&self, key: Key, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
+        key.validate()?;
+        Ok(self
+            .submit(Op::Update {
+                key,
+                value,
+                expected,
+            })
+            .await?
+            .revision)
+    }
+
+    /// Deletes the object, if its revision is `expected` (when given). Fails with
+    /// `NotFound` or `Conflict`. Returns its last state with `revision` set to the
+    /// deletion's revision, once durable.
+    pub async fn delete(&self, key: &Key, expected: Option<u64>) -> Result<Object> {
+        key.validate()?;
+        self.submit(Op::Delete {
+            key: key.clone(),
+            expected,
+        })
+        .await
+    }
+
+    /// [`Store::create`], blocking the calling thread.
+    pub fn create_blocking(&self, key: Key, value: Vec<u8>) -> Result<u64> {
+        futures_lite::future::block_on(self.create(key, value))
+    }
+
+    /// [`Store::update`], blocking the calling thread.
+    pub fn update_blocking(&self, key: Key, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
+        futures_lite::future::block_on(self.update(key, value, expected))
+    }
+
+    /// [`Store::delete`], blocking the calling thread.
+    pub fn delete_blocking(&self, key: &Key, expected: Option<u64>) -> Result<Object> {
+        futures_lite::future::block_on(self.delete(key, expected))
+    }
+
+    /// Watches `resource` (in `namespace`, or all namespaces) for events with a revision
+    /// above `from`. `None` or `Some(0)`: only events from now on. Fails with `Gone` if
+    /// history after `from` has been compacted. See [`Watcher`] for when it ends.
+    pub fn watch(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        from: Option<u64>,
+    ) -> Result<Watcher> {
+        key::validate_resource(resource)?;
+        if let Some(ns) = namespace {
+            key::validate_part("namespace", ns)?;
+        }
+        Watcher::start(
+            &self.inner.registry,
+            &self.inner.db,
+            key::prefix(resource, namespace),
+            from,
+            self.inner.options.watch_queue,
+        )
+    }
+
+    async fn submit(&self, op: Op) -> Result<Object> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.inner
+            .tx
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(Pending { op, reply })
+            .map_err(|_| StoreError::Closed)?;
+        answer.recv().await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("revision", &self.revision())
+            .finish()
+    }
+}

@@ -1,0 +1,295 @@
+//! Watches: a registry of live watchers fed by the committer, and the [`Watcher`] a
+//! client reads — first a replay of the change log from its start revision, then the
+//! live events, in revision order with no gap and no duplicate.
+//!
+//! Every watcher has a bounded queue. A watcher that falls more than the queue's length
+//! behind is cut off: it yields what it already holds and then `None`. The client then
+//! watches again from the last revision it saw (or, if that is `Gone`, lists again).
+
+use crate::codec::{self, LOG, META, META_COMPACTED};
+use crate::{Event, Key, Object, StoreError};
+use futures_lite::Stream;
+use redb::{ReadTransaction, ReadableDatabase};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// How many change-log records a replaying watcher reads at a time.
+const REPLAY_CHUNK: usize = 256;
+
+struct Slot {
+    prefix: Vec<u8>,
+    tx: async_channel::Sender<Arc<Event>>,
+}
+
+/// Live watchers and the revision whose events they have all been given.
+pub(crate) struct Registry {
+    slots: Mutex<Vec<Slot>>,
+    /// Last revision committed and handed to the watchers (what `Store::revision` says).
+    published: AtomicU64,
+}
+
+impl Registry {
+    pub(crate) fn new(revision: u64) -> Registry {
+        Registry {
+            slots: Mutex::new(Vec::new()),
+            published: AtomicU64::new(revision),
+        }
+    }
+
+    pub(crate) fn revision(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Hands freshly committed events to every matching watcher, then advances the
+    /// published revision to `revision` — both under one lock, so a watcher registering
+    /// concurrently sees either all of a batch in its queue or none of it.
+    pub(crate) fn publish(&self, events: &[Arc<Event>], revision: u64) {
+        let mut slots = self.slots.lock().unwrap();
+        if !events.is_empty() {
+            slots.retain(|slot| {
+                for ev in events {
+                    if !codec_matches(&ev.object.key, &slot.prefix) {
+                        continue;
+                    }
+                    if slot.tx.try_send(ev.clone()).is_err() {
+                        // Full: the watcher lags too far; cut it off (it drains what it
+                        // holds, then ends). Closed: the watcher is gone.
+                        slot.tx.close();
+                        return false;
+                    }
+                }
+                true
+            });
+        }
+        self.published.store(revision, Ordering::Release);
+    }
+
+    /// Ends every watcher (the store is shutting down).
+    pub(crate) fn close_all(&self) {
+        for slot in self.slots.lock().unwrap().drain(..) {
+            slot.tx.close();
+        }
+    }
+
+    /// Registers a live queue for `prefix`; returns it with the published revision at
+    /// the moment of registration (events above it will arrive on the queue).
+    fn register(
+        &self,
+        prefix: Vec<u8>,
+        capacity: usize,
+    ) -> (async_channel::Receiver<Arc<Event>>, u64) {
+        let (tx, rx) = async_channel::bounded(capacity.max(1));
+        let mut slots = self.slots.lock().unwrap();
+        slots.push(Slot { prefix, tx });
+        (rx, self.published.load(Ordering::Acquire))
+    }
+}
+
+fn codec_matches(key: &Key, prefix: &[u8]) -> bool {
+    // Compare without allocating: prefix is `resource NUL [namespace NUL]`.
+    let res = key.resource.as_bytes();
+    if prefix.len() <= res.len() || &prefix[..res.len()] != res || prefix[res.len()] != 0 {
+        return false;
+    }
+    let rest = &prefix[res.len() + 1..];
+    if rest.is_empty() {
+        return true;
+    }
+    let ns = key.namespace.as_bytes();
+    rest.len() == ns.len() + 1 && &rest[..ns.len()] == ns && rest[ns.len()] == 0
+}
+
+/// The part of the history a new watcher must read from the change log.
+struct Replay {
+    txn: ReadTransaction,
+    /// Next revision to read.
+    next: u64,
+    /// Last revision to read (inclusive): the published revision at registration.
+    end: u64,
+    buf: VecDeque<Event>,
+}
+
+/// A stream of [`Event`]s for one resource (and optionally one namespace), in revision
+/// order. Read it with [`Watcher::next`] or as a [`Stream`].
+///
+/// It ends (`None`) when the store shuts down or when this watcher fell too far behind
+/// (more events pending than the store's `watch_queue`); the client should then watch
+/// again from the last revision it received, or list again if that yields
+/// [`StoreError::Gone`].
+pub struct Watcher {
+    prefix: Vec<u8>,
+    from: u64,
+    replay: Option<Replay>,
+    live: Pin<Box<async_channel::Receiver<Arc<Event>>>>,
+    failed: Option<StoreError>,
+}
+
+impl Watcher {
+    pub(crate) fn start(
+        registry: &Registry,
+        db: &redb::Database,
+        prefix: Vec<u8>,
+        from: Option<u64>,
+        capacity: usize,
+    ) -> Result<Watcher, StoreError> {
+        let (live, published) = registry.register(prefix.clone(), capacity);
+        let from = match from {
+            None | Some(0) => published,
+            Some(f) => f,
+        };
+        let mut replay = None;
+        if from < published {
+            // Snapshot taken after registration: it holds every revision up to `published`.
+            let txn = db.begin_read()?;
+            let compacted = txn
+                .open_table(META)?
+                .get(META_COMPACTED)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            if from < compacted {
+                return Err(StoreError::Gone { oldest: compacted });
+            }
+            replay = Some(Replay {
+                txn,
+                next: from + 1,
+                end: published,
+                buf: VecDeque::new(),
+            });
+        }
+        Ok(Watcher {
+            prefix,
+            from,
+            replay,
+            live: Box::pin(live),
+            failed: None,
+        })
+    }
+
+    /// The next event, or `None` when the watch has ended (see the type's docs).
+    pub async fn next(&mut self) -> Option<Event> {
+        futures_lite::StreamExt::next(self).await
+    }
+
+    /// Why the watch ended early, if it ended on a read error during replay.
+    pub fn error(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
+    }
+
+    /// Fills the replay buffer with the next chunk of matching log records.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let Some(replay) = self.replay.as_mut() else {
+            return Ok(());
+        };
+        let log = replay.txn.open_table(LOG)?;
+        while replay.buf.is_empty() && replay.next <= replay.end {
+            let mut read = 0;
+            for entry in log.range(replay.next..=replay.end)? {
+                let (rev, record) = entry?;
+                let rev = rev.value();
+                replay.next = rev + 1;
+                let rec = codec::decode_log(record.value())?;
+                if crate::key::matches(rec.key, &self.prefix) {
+                    replay.buf.push_back(Event {
+                        kind: rec.kind,
+                        object: Object {
+                            key: codec::log_key(&rec)?,
+                            revision: rev,
+                            value: bytes::Bytes::copy_from_slice(rec.value),
+                        },
+                    });
+                }
+                read += 1;
+                if read == REPLAY_CHUNK {
+                    break;
+                }
+            }
+            if read == 0 {
+                // Nothing left in range.
+                replay.next = replay.end + 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stream for Watcher {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        if this.failed.is_some() {
+            return Poll::Ready(None);
+        }
+        if this.replay.is_some() {
+            if let Err(e) = this.fill() {
+                tracing::warn!(error = %e, "watch replay failed");
+                this.failed = Some(e);
+                this.replay = None;
+                return Poll::Ready(None);
+            }
+            let replay = this.replay.as_mut().unwrap();
+            if let Some(ev) = replay.buf.pop_front() {
+                return Poll::Ready(Some(ev));
+            }
+            // Replay done: release the snapshot.
+            this.replay = None;
+        }
+        loop {
+            match this.live.as_mut().poll_next(cx) {
+                Poll::Ready(Some(ev)) => {
+                    if ev.object.revision <= this.from {
+                        continue; // the watch starts in the future
+                    }
+                    return Poll::Ready(Some(Arc::unwrap_or_clone(ev)));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("from", &self.from)
+            .field("replaying", &self.replay.is_some())
+            .finish()
+    }
+}
+
+// Watchers move between smol tasks and threads.
+const _: fn() = || {
+    fn is_send<T: Send>() {}
+    is_send::<Watcher>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_matching_without_allocation() {
+        let k = Key::new("pods", "default", "a");
+        assert!(codec_matches(&k, &crate::key::prefix("pods", None)));
+        assert!(codec_matches(
+            &k,
+            &crate::key::prefix("pods", Some("default"))
+        ));
+        assert!(!codec_matches(
+            &k,
+            &crate::key::prefix("pods", Some("kube-system"))
+        ));
+        assert!(!codec_matches(&k, &crate::key::prefix("pod", None)));
+        assert!(!codec_matches(&k, &crate::key::prefix("podsx", None)));
+        assert!(!codec_matches(
+            &k,
+            &crate::key::prefix("pods", Some("defaul"))
+        ));
+        let c = Key::cluster("nodes", "n1");
+        assert!(codec_matches(&c, &crate::key::prefix("nodes", Some(""))));
+    }
+}

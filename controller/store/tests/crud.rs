@@ -1,0 +1,247 @@
+//! CRUD, optimistic concurrency, revisions across reopen, lists and large values.
+
+use flotilla_store::{Key, Store, StoreError, StoreOptions};
+use tempfile::TempDir;
+
+fn open(dir: &TempDir) -> Store {
+    Store::open(&dir.path().join("store.redb"), StoreOptions::default()).unwrap()
+}
+
+fn pod(ns: &str, name: &str) -> Key {
+    Key::new("pods", ns, name)
+}
+
+#[test]
+fn create_get_update_delete() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    assert_eq!(store.revision(), 0);
+    let k = pod("default", "web");
+    assert_eq!(store.get(&k).unwrap(), None);
+
+    let r1 = store
+        .create_blocking(k.clone(), b"{\"v\":1}".to_vec())
+        .unwrap();
+    assert_eq!(r1, 1);
+    assert_eq!(store.revision(), 1);
+    let got = store.get(&k).unwrap().unwrap();
+    assert_eq!((got.revision, &got.value[..]), (1, &b"{\"v\":1}"[..]));
+
+    assert!(matches!(
+        store.create_blocking(k.clone(), b"{}".to_vec()),
+        Err(StoreError::AlreadyExists)
+    ));
+    // A failed write takes no revision.
+    assert_eq!(store.revision(), 1);
+
+    let r2 = store
+        .update_blocking(k.clone(), b"{\"v\":2}".to_vec(), Some(r1))
+        .unwrap();
+    assert!(r2 > r1);
+    assert_eq!(&store.get(&k).unwrap().unwrap().value[..], b"{\"v\":2}");
+    let r3 = store
+        .update_blocking(k.clone(), b"{\"v\":3}".to_vec(), None)
+        .unwrap();
+    assert!(r3 > r2);
+
+    let gone = store.delete_blocking(&k, Some(r3)).unwrap();
+    assert!(gone.revision > r3);
+    assert_eq!(
+        &gone.value[..],
+        b"{\"v\":3}",
+        "delete returns the last state"
+    );
+    assert_eq!(store.get(&k).unwrap(), None);
+    assert!(matches!(
+        store.delete_blocking(&k, None),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.update_blocking(k.clone(), b"{}".to_vec(), None),
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[test]
+fn stale_revision_conflicts_and_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let k = pod("default", "web");
+    let r1 = store.create_blocking(k.clone(), b"a".to_vec()).unwrap();
+    let r2 = store
+        .update_blocking(k.clone(), b"b".to_vec(), Some(r1))
+        .unwrap();
+
+    match store.update_blocking(k.clone(), b"c".to_vec(), Some(r1)) {
+        Err(StoreError::Conflict { current }) => assert_eq!(current, r2),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match store.delete_blocking(&k, Some(r1)) {
+        Err(StoreError::Conflict { current }) => assert_eq!(current, r2),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let now = store.get(&k).unwrap().unwrap();
+    assert_eq!((now.revision, &now.value[..]), (r2, &b"b"[..]));
+    assert_eq!(store.revision(), r2);
+}
+
+#[test]
+fn revisions_strictly_increase_across_reopen() {
+    let dir = TempDir::new().unwrap();
+    let last = {
+        let store = open(&dir);
+        let mut last = 0;
+        for i in 0..5 {
+            let r = store
+                .create_blocking(pod("a", &format!("p{i}")), b"x".to_vec())
+                .unwrap();
+            assert!(r > last);
+            last = r;
+        }
+        // Deleting the newest object must not let its revision be handed out again.
+        last = store
+            .delete_blocking(&pod("a", "p4"), None)
+            .unwrap()
+            .revision;
+        last
+    };
+    let store = open(&dir);
+    assert_eq!(store.revision(), last);
+    let r = store
+        .create_blocking(pod("a", "p4"), b"y".to_vec())
+        .unwrap();
+    assert!(r > last, "revision {r} after reopen must exceed {last}");
+    assert_eq!(store.get(&pod("a", "p0")).unwrap().unwrap().revision, 1);
+}
+
+#[test]
+fn second_open_of_the_same_file_fails_clearly() {
+    let dir = TempDir::new().unwrap();
+    let _store = open(&dir);
+    let err = Store::open(&dir.path().join("store.redb"), StoreOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("already open"),
+        "{err}"
+    );
+}
+
+#[test]
+fn list_by_namespace_with_pages() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    for ns in ["default", "kube-system", "zeta"] {
+        for i in 0..7 {
+            store
+                .create_blocking(
+                    pod(ns, &format!("p{i:02}")),
+                    format!("{ns}/{i}").into_bytes(),
+                )
+                .unwrap();
+        }
+    }
+    store
+        .create_blocking(Key::cluster("nodes", "n1"), b"node".to_vec())
+        .unwrap();
+    store
+        .create_blocking(Key::new("podsx", "default", "other"), b"x".to_vec())
+        .unwrap();
+
+    let all = store.list("pods", None, None, None).unwrap();
+    assert_eq!(all.items.len(), 21);
+    assert!(!all.more);
+    assert_eq!(all.revision, store.revision());
+    let keys: Vec<_> = all.items.iter().map(|o| o.key.clone()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+
+    let ks = store.list("pods", Some("kube-system"), None, None).unwrap();
+    assert_eq!(ks.items.len(), 7);
+    assert!(ks.items.iter().all(|o| o.key.namespace == "kube-system"));
+    assert_eq!(&ks.items[3].value[..], b"kube-system/3");
+
+    // Paging through all namespaces, 5 at a time, yields every pod once, in order.
+    let mut seen = Vec::new();
+    let mut after: Option<Key> = None;
+    loop {
+        let page = store.list("pods", None, after.as_ref(), Some(5)).unwrap();
+        assert!(page.items.len() <= 5);
+        seen.extend(page.items.iter().map(|o| o.key.clone()));
+        after = page.items.last().map(|o| o.key.clone());
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, keys);
+
+    let nodes = store.list("nodes", Some(""), None, None).unwrap();
+    assert_eq!(nodes.items.len(), 1);
+    assert!(
+        store
+            .list("services", None, None, None)
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    let err = store
+        .list("pods", Some("default"), Some(&pod("zeta", "p01")), None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidKey(_)), "{err}");
+}
+
+#[test]
+fn list_page_is_a_snapshot() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    for i in 0..10 {
+        store
+            .create_blocking(pod("d", &format!("p{i}")), b"x".to_vec())
+            .unwrap();
+    }
+    let page = store.list("pods", None, None, Some(4)).unwrap();
+    assert_eq!(page.revision, 10);
+    assert!(page.items.iter().all(|o| o.revision <= page.revision));
+    store
+        .create_blocking(pod("d", "p00"), b"x".to_vec())
+        .unwrap();
+    let page = store.list("pods", None, None, None).unwrap();
+    assert_eq!((page.revision, page.items.len()), (11, 11));
+}
+
+#[test]
+fn large_values_round_trip() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let k = Key::new("configmaps", "default", "big");
+    let r = store.create_blocking(k.clone(), big.clone()).unwrap();
+    let got = store.get(&k).unwrap().unwrap();
+    assert_eq!(got.revision, r);
+    assert!(got.value[..] == big[..]);
+    let bigger = [big.clone(), big].concat();
+    store
+        .update_blocking(k.clone(), bigger.clone(), Some(r))
+        .unwrap();
+    drop(store);
+    let store = open(&dir);
+    assert!(store.get(&k).unwrap().unwrap().value[..] == bigger[..]);
+}
+
+#[test]
+fn invalid_keys_are_refused_before_writing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let err = store
+        .create_blocking(Key::new("pods", "default", ""), b"x".to_vec())
+        .unwrap_err();
+    assert!(err.to_string().contains("empty object name"), "{err}");
+    let err = store
+        .create_blocking(Key::new("pods", "a\0b", "x"), b"x".to_vec())
+        .unwrap_err();
+    assert!(err.to_string().contains("NUL"), "{err}");
+    assert_eq!(store.revision(), 0);
+    assert!(store.list("", None, None, None).is_err());
+}

@@ -1,0 +1,300 @@
+//! Watches: replay from a revision then live events, filters, compaction (Gone), many
+//! watchers, and the end of watches when the store closes.
+
+use flotilla_store::{Event, EventKind, Key, Store, StoreError, StoreOptions, Watcher};
+use std::time::Duration;
+use tempfile::TempDir;
+
+fn open_with(dir: &TempDir, options: StoreOptions) -> Store {
+    Store::open(&dir.path().join("store.redb"), options).unwrap()
+}
+
+fn pod(ns: &str, name: &str) -> Key {
+    Key::new("pods", ns, name)
+}
+
+/// The next event, failing the test if none arrives in 10 s.
+async fn next(w: &mut Watcher) -> Event {
+    smol::future::or(
+        async { w.next().await.expect("watch ended early") },
+        async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            panic!("no event within 10 s")
+        },
+    )
+    .await
+}
+
+/// Asserts that nothing arrives within 200 ms.
+async fn quiet(w: &mut Watcher) {
+    let got = smol::future::or(async { Some(w.next().await) }, async {
+        smol::Timer::after(Duration::from_millis(200)).await;
+        None
+    })
+    .await;
+    assert!(got.is_none(), "unexpected event {got:?}");
+}
+
+#[test]
+fn watch_replays_history_then_streams_live() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    smol::block_on(async {
+        // (from = 0 would mean "from now", so history starts at revision 2 here)
+        store
+            .create(Key::cluster("nodes", "first"), b"n".to_vec())
+            .await
+            .unwrap();
+        let r1 = store.create(pod("a", "x"), b"1".to_vec()).await.unwrap();
+        let r2 = store
+            .update(pod("a", "x"), b"2".to_vec(), Some(r1))
+            .await
+            .unwrap();
+        store
+            .create(Key::cluster("nodes", "n"), b"n".to_vec())
+            .await
+            .unwrap();
+        let r4 = store.delete(&pod("a", "x"), None).await.unwrap().revision;
+
+        let mut w = store.watch("pods", None, Some(r1 - 1)).unwrap();
+        let e = next(&mut w).await;
+        assert_eq!(
+            (e.kind, e.object.revision, &e.object.value[..]),
+            (EventKind::Added, r1, &b"1"[..])
+        );
+        let e = next(&mut w).await;
+        assert_eq!(
+            (e.kind, e.object.revision, &e.object.value[..]),
+            (EventKind::Modified, r2, &b"2"[..])
+        );
+        let e = next(&mut w).await;
+        assert_eq!(
+            (e.kind, e.object.revision, &e.object.value[..]),
+            (EventKind::Deleted, r4, &b"2"[..])
+        );
+        assert_eq!(e.object.key, pod("a", "x"));
+
+        let r5 = store.create(pod("b", "y"), b"5".to_vec()).await.unwrap();
+        let e = next(&mut w).await;
+        assert_eq!((e.kind, e.object.revision), (EventKind::Added, r5));
+        quiet(&mut w).await;
+
+        // From a revision in the middle: only later events.
+        let mut w = store.watch("pods", None, Some(r2)).unwrap();
+        assert_eq!(next(&mut w).await.object.revision, r4);
+        assert_eq!(next(&mut w).await.object.revision, r5);
+    });
+}
+
+#[test]
+fn watch_from_now_and_filters() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    smol::block_on(async {
+        store.create(pod("a", "old"), b"o".to_vec()).await.unwrap();
+        let mut all = store.watch("pods", None, None).unwrap();
+        let mut ns_a = store.watch("pods", Some("a"), Some(0)).unwrap();
+        let mut nodes = store.watch("nodes", Some(""), None).unwrap();
+        store.create(pod("b", "1"), b"".to_vec()).await.unwrap();
+        store.create(pod("a", "2"), b"".to_vec()).await.unwrap();
+        store
+            .create(Key::cluster("nodes", "n1"), b"".to_vec())
+            .await
+            .unwrap();
+        store
+            .create(Key::new("podsx", "a", "3"), b"".to_vec())
+            .await
+            .unwrap();
+
+        assert_eq!(next(&mut all).await.object.key, pod("b", "1"));
+        assert_eq!(next(&mut all).await.object.key, pod("a", "2"));
+        quiet(&mut all).await;
+        assert_eq!(next(&mut ns_a).await.object.key, pod("a", "2"));
+        quiet(&mut ns_a).await;
+        assert_eq!(
+            next(&mut nodes).await.object.key,
+            Key::cluster("nodes", "n1")
+        );
+        quiet(&mut nodes).await;
+    });
+}
+
+#[test]
+fn watch_from_a_future_revision_waits_for_it() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    smol::block_on(async {
+        let mut w = store.watch("pods", None, Some(2)).unwrap();
+        for i in 0..3 {
+            store
+                .create(pod("a", &i.to_string()), b"".to_vec())
+                .await
+                .unwrap();
+        }
+        assert_eq!(next(&mut w).await.object.revision, 3);
+        quiet(&mut w).await;
+    });
+}
+
+#[test]
+fn compacted_history_is_gone() {
+    let dir = TempDir::new().unwrap();
+    let options = StoreOptions {
+        history_revisions: 5,
+        ..StoreOptions::default()
+    };
+    let store = open_with(&dir, options.clone());
+    for i in 0..20 {
+        store
+            .create_blocking(pod("a", &i.to_string()), b"".to_vec())
+            .unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.revision, 20);
+    assert_eq!(stats.compacted, 15);
+    match store.watch("pods", None, Some(3)) {
+        Err(StoreError::Gone { oldest }) => assert_eq!(oldest, 15),
+        other => panic!("expected Gone, got {other:?}"),
+    }
+    // The window itself still replays.
+    let mut w = store.watch("pods", None, Some(15)).unwrap();
+    smol::block_on(async {
+        for rev in 16..=20 {
+            assert_eq!(next(&mut w).await.object.revision, rev);
+        }
+    });
+    drop(w);
+    // The compaction mark is persisted.
+    drop(store);
+    let store = open_with(&dir, options);
+    assert_eq!(store.stats().compacted, 15);
+    assert!(matches!(
+        store.watch("pods", None, Some(14)),
+        Err(StoreError::Gone { oldest: 15 })
+    ));
+}
+
+#[test]
+fn history_expires_by_age_while_idle() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(
+        &dir,
+        StoreOptions {
+            history_age: Duration::from_millis(200),
+            compaction_interval: Duration::from_millis(50),
+            ..StoreOptions::default()
+        },
+    );
+    for i in 0..3 {
+        store
+            .create_blocking(pod("a", &i.to_string()), b"".to_vec())
+            .unwrap();
+    }
+    assert!(store.watch("pods", None, Some(1)).is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().compacted < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "history never expired: {:?}",
+            store.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(
+        store.watch("pods", None, Some(1)),
+        Err(StoreError::Gone { oldest: 3 })
+    ));
+    // Watching from the current revision still works: nothing after it is missing.
+    let mut w = store.watch("pods", None, Some(3)).unwrap();
+    store
+        .create_blocking(pod("a", "new"), b"".to_vec())
+        .unwrap();
+    smol::block_on(async { assert_eq!(next(&mut w).await.object.revision, 4) });
+}
+
+#[test]
+fn hundred_watchers_each_see_every_event() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    const EVENTS: u64 = 300;
+    smol::block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let mut w = store.watch("pods", None, None).unwrap();
+            tasks.push(smol::spawn(async move {
+                let mut revs = Vec::new();
+                while (revs.len() as u64) < EVENTS {
+                    revs.push(next(&mut w).await.object.revision);
+                }
+                revs
+            }));
+        }
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                smol::spawn(async move {
+                    for i in 0..EVENTS / 4 {
+                        store
+                            .create(pod("a", &format!("{t}-{i}")), vec![b'x'; 200])
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await;
+        }
+        let expected: Vec<u64> = (1..=EVENTS).collect();
+        for t in tasks {
+            assert_eq!(t.await, expected);
+        }
+    });
+}
+
+#[test]
+fn a_lagging_watcher_is_cut_off_and_can_resume() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(
+        &dir,
+        StoreOptions {
+            watch_queue: 10,
+            ..StoreOptions::default()
+        },
+    );
+    let mut w = store.watch("pods", None, None).unwrap();
+    for i in 0..30 {
+        store
+            .create_blocking(pod("a", &i.to_string()), b"".to_vec())
+            .unwrap();
+    }
+    smol::block_on(async {
+        let mut last = 0;
+        while let Some(e) = w.next().await {
+            assert_eq!(e.object.revision, last + 1);
+            last = e.object.revision;
+        }
+        assert!(
+            last < 30,
+            "a watcher with a 10-event queue cannot hold 30 events"
+        );
+        // Resume from the last revision seen: the rest arrive, in order.
+        let mut w = store.watch("pods", None, Some(last)).unwrap();
+        for rev in last + 1..=30 {
+            assert_eq!(next(&mut w).await.object.revision, rev);
+        }
+    });
+}
+
+#[test]
+fn watches_end_when_the_store_closes() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    let mut w = store.watch("pods", None, None).unwrap();
+    store.create_blocking(pod("a", "x"), b"".to_vec()).unwrap();
+    drop(store);
+    smol::block_on(async {
+        assert_eq!(next(&mut w).await.object.revision, 1);
+        assert!(w.next().await.is_none());
+    });
+}
