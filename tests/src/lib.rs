@@ -1,1 +1,116 @@
-//! The end-to-end test harness (see ARCHITECTURE.md).
+//! The end-to-end test harness (see ARCHITECTURE.md): everything an e2e test in
+//! `tests/tests/*.rs` needs to drive the real Flotilla binaries safely.
+//!
+//! - [`require_root!`]: skip without root, fail instead under CI=true / FLOTILLA_E2E=1;
+//! - [`bin`]: the path of a built workspace binary;
+//! - [`fixtures`]: a deterministic, cached busybox rootfs and OCI images;
+//! - [`process`]: child processes with captured logs, readiness waits, stop by PID;
+//! - [`sandbox`]: network namespaces per simulated node, and a LAN bridge between them;
+//! - [`cgroup`]: a per-test cgroup parent, removed on drop.
+//!
+//! Everything created is torn down on drop, also when the test panics, and nothing in
+//! the root network namespace is ever changed.
+
+pub mod cgroup;
+pub mod command;
+pub mod fixtures;
+mod naming;
+pub mod process;
+pub mod sandbox;
+
+use std::path::PathBuf;
+
+/// True when this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// True when end-to-end tests must run rather than skip: `CI=true` or `FLOTILLA_E2E=1`.
+pub fn e2e_required() -> bool {
+    let set = |name: &str, yes: &[&str]| {
+        std::env::var(name)
+            .map(|v| yes.contains(&v.trim().to_ascii_lowercase().as_str()))
+            .unwrap_or(false)
+    };
+    set("CI", &["true", "1", "yes"]) || set("FLOTILLA_E2E", &["1", "true", "yes"])
+}
+
+/// First line of every end-to-end test.
+///
+/// Without root the test reports itself skipped and returns; when `CI=true` or
+/// `FLOTILLA_E2E=1` it panics instead, so a CI run can never pass by skipping.
+/// `require_root!()` returns `()`; in a test returning a value, pass it:
+/// `require_root!(Ok(()))`.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        $crate::require_root!(())
+    };
+    ($skipped:expr) => {
+        if !$crate::is_root() {
+            if $crate::e2e_required() {
+                panic!(
+                    "{} (line {}): this end-to-end test needs root, and CI=true or \
+                     FLOTILLA_E2E=1 forbids skipping it",
+                    module_path!(),
+                    line!()
+                );
+            }
+            eprintln!(
+                "SKIPPED {} (line {}): end-to-end test needs root \
+                 (set CI=true or FLOTILLA_E2E=1 to make this a failure)",
+                module_path!(),
+                line!()
+            );
+            return $skipped;
+        }
+    };
+}
+
+/// The path of a built workspace binary, e.g. `bin("flotilla-agent")`.
+///
+/// Looks in `FLOTILLA_BIN_DIR` if set, else in the profile directory of the target dir
+/// this test executable was built into (`<target>/debug/deps/x` → `<target>/debug/`).
+/// Panics with a clear message when the binary is not there: build it first with
+/// `cargo build --workspace` and the same `CARGO_TARGET_DIR`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("FLOTILLA_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => profile_dir(),
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        panic!(
+            "binary {name:?} is not built at {}: run `cargo build --workspace` with the same \
+             CARGO_TARGET_DIR (or set FLOTILLA_BIN_DIR) before the end-to-end tests",
+            path.display()
+        );
+    }
+    path
+}
+
+/// The cargo profile directory (`<target>/<profile>`) this test executable lives in.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot find the path of the test executable");
+    let mut dir = exe
+        .parent()
+        .expect("test executable has no parent directory")
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The directory where built fixtures are cached between tests and test executables:
+/// `FLOTILLA_FIXTURE_CACHE` if set, else `<target>/flotilla-fixtures`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLOTILLA_FIXTURE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let profile = profile_dir();
+    match profile.parent() {
+        Some(target) => target.join("flotilla-fixtures"),
+        None => std::env::temp_dir().join("flotilla-fixtures"),
+    }
+}

@@ -1,0 +1,249 @@
+//! Node sandboxes: one fresh network namespace per simulated node (processes started
+//! in it also get a private mount namespace, via `ip netns exec`), and a test LAN — a
+//! bridge living in its own namespace — that nodes join through veth pairs.
+//!
+//! Every link is created directly inside the test namespaces (`ip -n`), so nothing in
+//! the root network namespace changes: no link, address, route or iptables rule.
+//! Namespaces are deleted on drop (their veths go with them), also when a test
+//! panics; leftovers of test processes that died are swept on the next start.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+use crate::command::run;
+use crate::naming;
+use crate::process::Process;
+
+const NETNS_DIR: &str = "/run/netns";
+
+/// A network namespace made for a test, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(label: &str) -> Result<Netns> {
+        static SWEEP: Once = Once::new();
+        SWEEP.call_once(sweep_stale);
+        let name = naming::unique(label);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
+    /// Runs `ip -n <ns> args…`.
+    fn ip(&self, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
+            eprintln!(
+                "warning: cannot delete network namespace {}: {e:#}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Deletes namespaces named by the harness for test processes that no longer exist.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if naming::is_stale(&name) {
+            let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread that has joined the network namespace at `path`, and
+/// returns its result: sockets it opens live in that namespace. The calling thread
+/// and the rest of the test process are not moved.
+pub fn in_netns_path<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R> {
+    let file = File::open(path)
+        .with_context(|| format!("cannot open network namespace {}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("cannot enter network namespace {}", path.display()))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A simulated node: its own network namespace with loopback up.
+pub struct Node {
+    ns: Netns,
+    next_if: AtomicU32,
+}
+
+impl Node {
+    /// Creates the node's network namespace (named `flotilla-test-<pid>-<n>-<name>`).
+    /// Panics when it cannot (e.g. without root or iproute2).
+    pub fn new(name: &str) -> Node {
+        let ns = Netns::create(name)
+            .unwrap_or_else(|e| panic!("cannot create sandbox node {name:?}: {e:#}"));
+        Node {
+            ns,
+            next_if: AtomicU32::new(0),
+        }
+    }
+
+    /// The namespace name (as in `ip netns list`).
+    pub fn netns(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// The namespace's bind mount, `/run/netns/<name>`.
+    pub fn netns_path(&self) -> PathBuf {
+        self.ns.path()
+    }
+
+    /// `cmd` rewritten to run inside the node: `ip netns exec <ns> <program> <args>`
+    /// (same environment and working directory). `ip netns exec` execs the program
+    /// in place, so the PID stays the program's, in a private mount namespace.
+    pub fn wrap(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("ip");
+        wrapped
+            .args(["netns", "exec", &self.ns.name])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        wrapped
+    }
+
+    /// Starts `cmd` inside the node as a [`Process`] (logs captured, stopped on drop).
+    pub fn spawn(&self, cmd: Command) -> Process {
+        let name = Path::new(cmd.get_program())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Process::try_spawn(self.wrap(&cmd), Some(&self.netns_path()))
+            .unwrap_or_else(|e| panic!("cannot start {name} in node {}: {e:#}", self.ns.name))
+            .named(&name)
+    }
+
+    /// Runs `cmd` inside the node to completion; fails (quoting stderr) unless it
+    /// exits successfully.
+    pub fn run(&self, cmd: &Command) -> Result<Output> {
+        run(&mut self.wrap(cmd))
+    }
+
+    /// Runs `f` on a thread inside the node's network namespace (e.g. a client
+    /// connecting to a server in the node) and returns its result.
+    pub fn in_netns<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        in_netns_path(&self.netns_path(), f).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Opens a TCP connection to `addr` from inside the node.
+    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+        self.in_netns(|| TcpStream::connect_timeout(&addr, timeout))
+    }
+
+    /// Joins `lan` with a veth pair: the node end (returned, `eth0`, `eth1`, …) gets
+    /// `cidr` (e.g. `10.99.0.2/24`) and is up; the LAN end is a port of its bridge.
+    pub fn attach(&self, lan: &Lan, cidr: &str) -> Result<String> {
+        if !cidr.contains('/') {
+            bail!("address {cidr:?} needs a prefix length, e.g. 10.99.0.2/24");
+        }
+        let ifname = format!("eth{}", self.next_if.fetch_add(1, Ordering::Relaxed));
+        let port = format!("port{}", lan.next_port.fetch_add(1, Ordering::Relaxed));
+        // Created inside the node's namespace, its peer directly inside the LAN's.
+        self.ns.ip(&[
+            "link",
+            "add",
+            &ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &lan.ns.name,
+        ])?;
+        let result = (|| {
+            lan.ns.ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
+            self.ns.ip(&["addr", "add", cidr, "dev", &ifname])?;
+            self.ns.ip(&["link", "set", &ifname, "up"])
+        })();
+        if let Err(e) = result {
+            // Leave nothing half-done: deleting one end removes the pair.
+            let _ = self.ns.ip(&["link", "del", &ifname]);
+            return Err(e.context(format!("cannot attach {} to the LAN", self.ns.name)));
+        }
+        Ok(ifname)
+    }
+}
+
+/// The bridge's name inside the LAN namespace.
+pub const BRIDGE: &str = "br0";
+
+/// A test LAN: a bridge in its own network namespace; nodes join with
+/// [`Node::attach`]. Deleted (with all its ports) on drop.
+pub struct Lan {
+    ns: Netns,
+    next_port: AtomicU32,
+}
+
+impl Lan {
+    /// Creates the LAN namespace and its bridge. Panics when it cannot.
+    pub fn new() -> Lan {
+        let ns = Netns::create("lan").unwrap_or_else(|e| panic!("cannot create test LAN: {e:#}"));
+        ns.ip(&["link", "add", BRIDGE, "type", "bridge"])
+            .and_then(|_| ns.ip(&["link", "set", BRIDGE, "up"]))
+            .unwrap_or_else(|e| panic!("cannot create the test LAN bridge: {e:#}"));
+        Lan {
+            ns,
+            next_port: AtomicU32::new(0),
+        }
+    }
+
+    /// The namespace name holding the bridge.
+    pub fn netns(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// The names of the bridge's ports (one per attached node).
+    pub fn ports(&self) -> Result<Vec<String>> {
+        let out = self.ns.ip(&["-o", "link", "show", "master", BRIDGE])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .collect())
+    }
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Lan::new()
+    }
+}
