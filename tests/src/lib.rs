@@ -6,7 +6,8 @@
 //! - [`fixtures`]: a deterministic, cached busybox rootfs and OCI images;
 //! - [`process`]: child processes with captured logs, readiness waits, stop by PID;
 //! - [`sandbox`]: network namespaces per simulated node, and a LAN bridge between them;
-//! - [`cgroup`]: a per-test cgroup parent, removed on drop.
+//! - [`cgroup`]: a per-test cgroup parent, removed on drop;
+//! - [`registry`]: a loopback OCI registry (Debian's docker-registry) filled by skopeo.
 //!
 //! Everything created is torn down on drop, also when the test panics, and nothing in
 //! the root network namespace is ever changed.
@@ -16,6 +17,7 @@ pub mod command;
 pub mod fixtures;
 mod naming;
 pub mod process;
+pub mod registry;
 pub mod sandbox;
 
 use std::path::PathBuf;

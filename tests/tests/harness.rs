@@ -2,9 +2,12 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use flotilla_tests::command::{run, run_stdout};
-use flotilla_tests::fixtures;
+use flotilla_tests::process::Process;
+use flotilla_tests::registry::{self, Registry};
+use flotilla_tests::{cgroup, fixtures, sandbox};
 
 fn sha256_file(path: &Path) -> String {
     run_stdout(Command::new("sha256sum").arg(path))
@@ -86,5 +89,359 @@ fn assert_same_tree(a: &Path, b: &Path) {
             sha256_file(&b.join(&file)),
             "{file} differs"
         );
+    }
+}
+
+/// The rootfs fixture is a working busybox system: a shell, applets, users.
+#[test]
+fn busybox_rootfs_runs_a_shell() {
+    flotilla_tests::require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    fixtures::busybox_rootfs(&root);
+    let out = run_stdout(Command::new("chroot").arg(&root).args([
+        "/bin/sh",
+        "-c",
+        "echo hello; id -un; id -u nobody; ls /usr/bin/env; stat -c %a /tmp",
+    ]))
+    .unwrap();
+    assert_eq!(out, "hello\nroot\n65534\n/usr/bin/env\n1777\n");
+}
+
+/// Network devices of the test process's own (root) namespace, one line each.
+fn root_links() -> String {
+    let out = run_stdout(Command::new("ip").args(["-o", "link", "show"])).unwrap();
+    // Drop counters and state that change by themselves; keep names and addresses.
+    out.lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn root_routes_and_addrs() -> String {
+    let addrs = run_stdout(Command::new("ip").args(["-o", "addr", "show"])).unwrap();
+    let routes = run_stdout(Command::new("ip").args(["route", "show", "table", "all"])).unwrap();
+    let addrs: Vec<String> = addrs
+        .lines()
+        .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+        .collect();
+    format!("{}\n{routes}", addrs.join("\n"))
+}
+
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ns_inode(pid: &str, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A sandbox (LAN + node + process) lives in its own namespaces and leaves nothing
+/// behind: namespaces gone, veths and bridge gone, process gone, root netns unchanged.
+#[test]
+fn sandbox_is_created_and_fully_torn_down() {
+    flotilla_tests::require_root!();
+    let links_before = root_links();
+    let routes_before = root_routes_and_addrs();
+    let (node_ns, lan_ns, pid);
+    {
+        let lan = sandbox::Lan::new();
+        let node = sandbox::Node::new("teardown");
+        node_ns = node.netns().to_string();
+        lan_ns = lan.netns().to_string();
+        assert_eq!(node.attach(&lan, "10.99.0.2/24").unwrap(), "eth0");
+        assert_eq!(lan.ports().unwrap().len(), 1);
+        let mut sleeper = Command::new("sleep");
+        sleeper.arg("1000");
+        let mut process = node.spawn(sleeper);
+        pid = process.pid().to_string();
+        process
+            .wait_until("sleep to be exec'd", Duration::from_secs(5), |p| {
+                std::fs::read_to_string(format!("/proc/{}/comm", p.pid()))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .unwrap();
+        // The process is in the node's network namespace and a private mount namespace.
+        let node_inode = std::fs::metadata(node.netns_path()).unwrap();
+        let proc_net = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(node_inode.ino(), proc_net.ino());
+        assert_ne!(ns_inode(&pid, "net"), ns_inode("self", "net"));
+        assert_ne!(ns_inode(&pid, "mnt"), ns_inode("self", "mnt"));
+        // Inside: lo and eth0 up with the address; the root namespace has neither.
+        let inside = String::from_utf8(
+            node.run(Command::new("ip").args(["-o", "addr", "show"]))
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(inside.contains("10.99.0.2/24"), "{inside}");
+        assert!(inside.contains("127.0.0.1/8"), "{inside}");
+        assert_eq!(root_links(), links_before);
+        assert_eq!(root_routes_and_addrs(), routes_before);
+        assert!(netns_names().contains(&node_ns));
+        assert!(netns_names().contains(&lan_ns));
+    }
+    let names = netns_names();
+    assert!(!names.contains(&node_ns), "{node_ns} left behind");
+    assert!(!names.contains(&lan_ns), "{lan_ns} left behind");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} left behind"
+    );
+    assert_eq!(root_links(), links_before);
+    assert_eq!(root_routes_and_addrs(), routes_before);
+}
+
+/// Two nodes on one LAN reach each other (ICMP and TCP); a server in one node is
+/// ready-checked from its own namespace.
+#[test]
+fn nodes_on_a_lan_reach_each_other() {
+    flotilla_tests::require_root!();
+    let lan = sandbox::Lan::new();
+    let a = sandbox::Node::new("a");
+    let b = sandbox::Node::new("b");
+    a.attach(&lan, "10.99.0.2/24").unwrap();
+    b.attach(&lan, "10.99.0.3/24").unwrap();
+
+    a.run(Command::new("busybox").args(["ping", "-c", "1", "-W", "5", "10.99.0.3"]))
+        .unwrap();
+
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("hello"), "hello from b\n").unwrap();
+    let mut httpd = Command::new("busybox");
+    httpd
+        .args(["httpd", "-f", "-p", "10.99.0.3:8080", "-h"])
+        .arg(www.path());
+    let mut server = b.spawn(httpd);
+    server
+        .wait_for_tcp("10.99.0.3:8080".parse().unwrap(), Duration::from_secs(10))
+        .unwrap();
+    let body = a
+        .run(Command::new("busybox").args(["wget", "-q", "-O", "-", "http://10.99.0.3:8080/hello"]))
+        .unwrap()
+        .stdout;
+    assert_eq!(String::from_utf8(body).unwrap(), "hello from b\n");
+    // A client thread placed in node a's namespace reaches b too.
+    a.connect("10.99.0.3:8080".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    // A node without the LAN reaches nobody.
+    let c = sandbox::Node::new("c");
+    assert!(
+        c.connect("10.99.0.3:8080".parse().unwrap(), Duration::from_secs(1))
+            .is_err()
+    );
+    assert!(
+        a.attach(&lan, "10.99.0.9")
+            .unwrap_err()
+            .to_string()
+            .contains("prefix length")
+    );
+}
+
+/// A TestCgroup exists in every hierarchy, and on drop it kills what it holds and
+/// removes itself with its children.
+#[test]
+fn test_cgroup_is_removed_on_drop() {
+    flotilla_tests::require_root!();
+    let hierarchies = cgroup::hierarchies().unwrap();
+    let cg = cgroup::TestCgroup::new("harness");
+    let dirs: Vec<_> = cg.dirs().map(Path::to_path_buf).collect();
+    assert_eq!(dirs.len(), hierarchies.len());
+    for dir in &dirs {
+        assert!(dir.is_dir(), "{} missing", dir.display());
+        assert!(dir.ends_with(cg.name()));
+    }
+    // As a runtime would: a child cgroup holding a process.
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("1000");
+    let mut process = Process::spawn(sleeper);
+    for dir in &dirs {
+        std::fs::create_dir(dir.join("pod")).unwrap();
+        std::fs::write(dir.join("pod/cgroup.procs"), process.pid().to_string()).unwrap();
+    }
+    assert_eq!(cg.pids(), vec![process.pid()]);
+    drop(cg);
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let status = process.wait_exit(Duration::from_secs(5)).unwrap();
+    assert_eq!(status.signal(), Some(9));
+}
+
+/// The registry serves the fixtures, keeps them across a restart, and lists every
+/// platform of the multi-arch index.
+#[test]
+fn registry_serves_fixture_images() {
+    flotilla_tests::require_root!();
+    let mut registry = Registry::start();
+    let busybox = registry.push_busybox("library/busybox:1");
+    assert_eq!(busybox, format!("{}/library/busybox:1", registry.addr()));
+    let digest = fixtures::layout_digest(&fixtures::busybox_layout(), fixtures::TAG).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&skopeo_inspect(&busybox, &[]).unwrap()).unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+
+    let multi = registry.push_multiarch("multi:latest");
+    let raw: serde_json::Value =
+        serde_json::from_str(&skopeo_inspect(&multi, &["--raw"]).unwrap()).unwrap();
+    let platforms: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            match p["variant"].as_str() {
+                Some(v) => format!(
+                    "{}/{}/{v}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+                None => format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+            }
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64", "linux/arm/v7"]);
+    // Each platform's image is really there, with its marker layer.
+    for arch in ["amd64", "arm64"] {
+        let one: serde_json::Value =
+            serde_json::from_str(&skopeo_inspect(&multi, &["--override-arch", arch]).unwrap())
+                .unwrap();
+        assert_eq!(one["Architecture"], arch);
+        assert_eq!(one["Layers"].as_array().unwrap().len(), 2);
+    }
+
+    registry.restart();
+    let again: serde_json::Value =
+        serde_json::from_str(&skopeo_inspect(&busybox, &[]).unwrap()).unwrap();
+    assert_eq!(again["Digest"], digest.as_str());
+    registry.stop();
+    assert!(skopeo_inspect(&busybox, &[]).is_err());
+}
+
+/// An htpasswd registry refuses anonymous and wrong credentials, accepts the right ones.
+#[test]
+fn htpasswd_registry_requires_credentials() {
+    flotilla_tests::require_root!();
+    let registry = Registry::start_with_htpasswd("fleet", "s3cret");
+    let image = registry.push_busybox("private:1");
+    let anonymous = skopeo_inspect(&image, &["--no-creds"]).unwrap_err();
+    assert!(
+        format!("{anonymous:#}").contains("unauthorized")
+            || format!("{anonymous:#}").contains("authentication required"),
+        "{anonymous:#}"
+    );
+    assert!(skopeo_inspect(&image, &["--creds", "fleet:wrong"]).is_err());
+    skopeo_inspect(&image, &["--creds", "fleet:s3cret"]).unwrap();
+}
+
+fn skopeo_inspect(reference: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = fixtures::skopeo();
+    let mut args = vec!["inspect", "--tls-verify=false"];
+    // --override-arch is a global option; the rest belong to `inspect`.
+    if let Some(i) = extra.iter().position(|a| *a == "--override-arch") {
+        cmd.args(&extra[i..i + 2]);
+        args.extend(extra[..i].iter().chain(&extra[i + 2..]));
+    } else {
+        args.extend(extra);
+    }
+    cmd.args(args).arg(format!("docker://{reference}"));
+    registry::skopeo_env(&mut cmd);
+    run_stdout(&mut cmd)
+}
+
+/// A process's logs are printed into the output of a test that panics, and only then.
+#[test]
+fn process_logs_reach_the_failure_output() {
+    const NAME: &str = "process_logs_reach_the_failure_output";
+    if let Ok(mode) = std::env::var("FLOTILLA_HARNESS_CHILD") {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo marker-out-4711; echo marker-err-4712 >&2"]);
+        let mut process = Process::spawn(cmd);
+        process.wait_exit(Duration::from_secs(10)).unwrap();
+        assert!(mode != "fail", "deliberate failure");
+        return;
+    }
+    // Failing: with libtest's usual capture, whose output is shown for failed tests.
+    // Passing: with --nocapture, to see that nothing is printed at all.
+    let child = |mode: &str| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME])
+            .args((mode == "pass").then_some("--nocapture"))
+            .env("FLOTILLA_HARNESS_CHILD", mode)
+            .env_remove("FLOTILLA_PRINT_LOGS")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, failed) = child("fail");
+    assert!(!ok, "{failed}");
+    assert!(failed.contains("deliberate failure"), "{failed}");
+    assert!(failed.contains("marker-out-4711"), "{failed}");
+    assert!(failed.contains("marker-err-4712"), "{failed}");
+    let (ok, passed) = child("pass");
+    assert!(ok, "{passed}");
+    assert!(!passed.contains("marker-out-4711"), "{passed}");
+}
+
+/// Without root an e2e test reports itself skipped, or fails under CI=true /
+/// FLOTILLA_E2E=1. Checked by running this test again as user nobody.
+#[test]
+fn require_root_skips_or_fails_without_root() {
+    const NAME: &str = "require_root_skips_or_fails_without_root";
+    if std::env::var_os("FLOTILLA_HARNESS_CHILD").is_some() {
+        flotilla_tests::require_root!();
+        panic!("require_root! let a test run without root");
+    }
+    flotilla_tests::require_root!();
+    // A copy of this executable that nobody may run, wherever the target dir is.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("harness");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(["--exact", NAME, "--nocapture"])
+            .current_dir("/")
+            .env("FLOTILLA_HARNESS_CHILD", "1")
+            .env_remove("CI")
+            .env_remove("FLOTILLA_E2E")
+            .envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = as_nobody(&[]);
+    assert!(ok && text.contains("SKIPPED"), "{text}");
+    for env in [("CI", "true"), ("FLOTILLA_E2E", "1")] {
+        let (ok, text) = as_nobody(&[env]);
+        assert!(!ok && text.contains("needs root"), "{env:?}: {text}");
+        assert!(!text.contains("let a test run"), "{text}");
     }
 }
