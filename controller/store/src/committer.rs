@@ -119,9 +119,9 @@ impl Committer {
             txn.commit()?;
             Ok((revision, compacted))
         })();
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok((revision, compacted)) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.revision = revision;
                 self.compacted = compacted;
                 self.counters.compacted.store(compacted, Ordering::Relaxed);

@@ -22,7 +22,7 @@ mod watch;
 
 pub use error::{Result, StoreError};
 pub use key::Key;
-pub use store::{ListPage, Store, StoreOptions, StoreStats};
+pub use store::{ListPage, ListSummary, ObjectRef, Store, StoreOptions, StoreStats};
 pub use watch::Watcher;
 
 use bytes::Bytes;

@@ -35,7 +35,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_size: 8 << 20,
+            cache_size: 16 << 20,
             history_revisions: 20_000,
             history_age: Duration::from_secs(5 * 60),
             compaction_interval: Duration::from_secs(10),
@@ -53,6 +53,38 @@ pub struct ListPage {
     pub revision: u64,
     /// More objects follow the last item (continue with `after` = its key).
     pub more: bool,
+}
+
+/// What [`Store::list_each`] read.
+#[derive(Clone, Debug, Default)]
+pub struct ListSummary {
+    /// The store revision of the snapshot.
+    pub revision: u64,
+    /// Objects handed to the callback.
+    pub count: usize,
+    /// More objects follow `last`.
+    pub more: bool,
+    /// The key of the last object read (the continue token for the next page).
+    pub last: Option<Key>,
+}
+
+/// An object borrowed from a read snapshot (see [`Store::list_each`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectRef<'a> {
+    pub key: &'a Key,
+    pub revision: u64,
+    pub value: &'a [u8],
+}
+
+impl ObjectRef<'_> {
+    /// An owned copy.
+    pub fn to_object(&self) -> Object {
+        Object {
+            key: self.key.clone(),
+            revision: self.revision,
+            value: Bytes::copy_from_slice(self.value),
+        }
+    }
 }
 
 /// Counters for tests, metrics and benchmarks.
@@ -179,6 +211,30 @@ impl Store {
         after: Option<&Key>,
         limit: Option<usize>,
     ) -> Result<ListPage> {
+        let mut items = Vec::new();
+        let summary = self.list_each(resource, namespace, after, limit, |o| {
+            items.push(o.to_object());
+            Ok(())
+        })?;
+        Ok(ListPage {
+            items,
+            revision: summary.revision,
+            more: summary.more,
+        })
+    }
+
+    /// [`Store::list`] without collecting: hands each object to `f` as it is read, its
+    /// value borrowed from the snapshot, so a large list can be encoded straight into a
+    /// response without holding every object in memory twice. An error from `f` stops
+    /// the scan and is returned.
+    pub fn list_each(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&Key>,
+        limit: Option<usize>,
+        mut f: impl FnMut(ObjectRef<'_>) -> Result<()>,
+    ) -> Result<ListSummary> {
         key::validate_resource(resource)?;
         if let Some(ns) = namespace {
             key::validate_part("namespace", ns)?;
@@ -211,25 +267,31 @@ impl Store {
             .map(|g| g.value())
             .unwrap_or(0);
         let objects = txn.open_table(OBJECTS)?;
-        let mut page = ListPage {
-            items: Vec::new(),
+        let mut summary = ListSummary {
             revision,
+            count: 0,
             more: false,
+            last: None,
         };
+        let mut last = None;
         for entry in objects.range::<&[u8]>((start, Bound::Excluded(end.as_slice())))? {
-            if page.items.len() == limit {
-                page.more = true;
+            if summary.count == limit {
+                summary.more = true;
                 break;
             }
             let (k, record) = entry?;
             let (rev, value) = codec::decode_object(record.value())?;
-            page.items.push(Object {
-                key: Key::decode(k.value())?,
+            let key = Key::decode(k.value())?;
+            f(ObjectRef {
+                key: &key,
                 revision: rev,
-                value: Bytes::copy_from_slice(value),
-            });
+                value,
+            })?;
+            summary.count += 1;
+            last = Some(key);
         }
-        Ok(page)
+        summary.last = last;
+        Ok(summary)
     }
 
     /// Creates the object; fails with `AlreadyExists`. Returns its revision once durable.

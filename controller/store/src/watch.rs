@@ -9,11 +9,11 @@
 use crate::codec::{self, LOG, META, META_COMPACTED};
 use crate::{Event, Key, Object, StoreError};
 use futures_lite::Stream;
-use redb::{ReadTransaction, ReadableDatabase};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 /// How many change-log records a replaying watcher reads at a time.
@@ -102,9 +102,19 @@ fn codec_matches(key: &Key, prefix: &[u8]) -> bool {
     rest.len() == ns.len() + 1 && &rest[..ns.len()] == ns && rest[ns.len()] == 0
 }
 
+fn compaction_mark(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(META)?
+        .get(META_COMPACTED)?
+        .map(|g| g.value())
+        .unwrap_or(0))
+}
+
 /// The part of the history a new watcher must read from the change log.
+/// Each chunk is read from a fresh snapshot, so a slow reader pins no old pages; the
+/// database is held weakly, so a watcher does not keep a closed store open.
 struct Replay {
-    txn: ReadTransaction,
+    db: Weak<Database>,
     /// Next revision to read.
     next: u64,
     /// Last revision to read (inclusive): the published revision at registration.
@@ -115,10 +125,13 @@ struct Replay {
 /// A stream of [`Event`]s for one resource (and optionally one namespace), in revision
 /// order. Read it with [`Watcher::next`] or as a [`Stream`].
 ///
-/// It ends (`None`) when the store shuts down or when this watcher fell too far behind
-/// (more events pending than the store's `watch_queue`); the client should then watch
-/// again from the last revision it received, or list again if that yields
-/// [`StoreError::Gone`].
+/// It ends (`None`) when the store shuts down, when this watcher fell too far behind
+/// (more events pending than the store's `watch_queue`), or when its replay failed (see
+/// [`Watcher::error`]). The client should then watch again from the last revision it
+/// received, or list again if that yields [`StoreError::Gone`].
+///
+/// `next` is cancel-safe: dropping its future (e.g. racing it against a timer) loses no
+/// event.
 pub struct Watcher {
     prefix: Vec<u8>,
     from: u64,
@@ -130,7 +143,7 @@ pub struct Watcher {
 impl Watcher {
     pub(crate) fn start(
         registry: &Registry,
-        db: &redb::Database,
+        db: &Arc<Database>,
         prefix: Vec<u8>,
         from: Option<u64>,
         capacity: usize,
@@ -142,18 +155,13 @@ impl Watcher {
         };
         let mut replay = None;
         if from < published {
-            // Snapshot taken after registration: it holds every revision up to `published`.
-            let txn = db.begin_read()?;
-            let compacted = txn
-                .open_table(META)?
-                .get(META_COMPACTED)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            // A snapshot taken after registration holds every revision up to `published`.
+            let compacted = compaction_mark(&db.begin_read()?)?;
             if from < compacted {
                 return Err(StoreError::Gone { oldest: compacted });
             }
             replay = Some(Replay {
-                txn,
+                db: Arc::downgrade(db),
                 next: from + 1,
                 end: published,
                 buf: VecDeque::new(),
@@ -173,7 +181,8 @@ impl Watcher {
         futures_lite::StreamExt::next(self).await
     }
 
-    /// Why the watch ended early, if it ended on a read error during replay.
+    /// Why the watch ended early, if it ended on an error during replay (for example
+    /// [`StoreError::Gone`] when compaction overtook a slow replay).
     pub fn error(&self) -> Option<&StoreError> {
         self.failed.as_ref()
     }
@@ -183,8 +192,15 @@ impl Watcher {
         let Some(replay) = self.replay.as_mut() else {
             return Ok(());
         };
-        let log = replay.txn.open_table(LOG)?;
         while replay.buf.is_empty() && replay.next <= replay.end {
+            let db = replay.db.upgrade().ok_or(StoreError::Closed)?;
+            let txn = db.begin_read()?;
+            let compacted = compaction_mark(&txn)?;
+            if compacted >= replay.next {
+                // Compaction overtook this replay.
+                return Err(StoreError::Gone { oldest: compacted });
+            }
+            let log = txn.open_table(LOG)?;
             let mut read = 0;
             for entry in log.range(replay.next..=replay.end)? {
                 let (rev, record) = entry?;

@@ -245,3 +245,46 @@ fn invalid_keys_are_refused_before_writing() {
     assert_eq!(store.revision(), 0);
     assert!(store.list("", None, None, None).is_err());
 }
+
+#[test]
+fn list_each_streams_pages_without_copying() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    for i in 0..12 {
+        store
+            .create_blocking(pod("d", &format!("p{i:02}")), format!("v{i}").into_bytes())
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let summary = store
+        .list_each("pods", Some("d"), Some(&pod("d", "p03")), Some(5), |o| {
+            seen.push(format!(
+                "{}={}",
+                o.key.name,
+                String::from_utf8_lossy(o.value)
+            ));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen, ["p04=v4", "p05=v5", "p06=v6", "p07=v7", "p08=v8"]);
+    assert_eq!(
+        (summary.count, summary.more, summary.revision),
+        (5, true, 12)
+    );
+    assert_eq!(summary.last, Some(pod("d", "p08")));
+
+    // An error from the callback stops the scan and comes back.
+    let mut calls = 0;
+    let err = store
+        .list_each("pods", None, None, None, |_| {
+            calls += 1;
+            if calls == 3 {
+                Err(StoreError::InvalidKey("stop".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidKey(ref m) if m == "stop"));
+    assert_eq!(calls, 3);
+}

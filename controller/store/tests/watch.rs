@@ -25,6 +25,21 @@ async fn next(w: &mut Watcher) -> Event {
     .await
 }
 
+/// Creates `n` pods in namespace `ns` from 16 threads (group commits keep it quick).
+fn create_many(store: &Store, ns: &str, n: usize) {
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            s.spawn(move || {
+                for i in (t..n).step_by(16) {
+                    store
+                        .create_blocking(pod(ns, &i.to_string()), b"".to_vec())
+                        .unwrap();
+                }
+            });
+        }
+    });
+}
+
 /// Asserts that nothing arrives within 200 ms.
 async fn quiet(w: &mut Watcher) {
     let got = smol::future::or(async { Some(w.next().await) }, async {
@@ -296,5 +311,36 @@ fn watches_end_when_the_store_closes() {
     smol::block_on(async {
         assert_eq!(next(&mut w).await.object.revision, 1);
         assert!(w.next().await.is_none());
+    });
+}
+
+#[test]
+fn a_replay_overtaken_by_compaction_ends_with_gone() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(
+        &dir,
+        StoreOptions {
+            history_revisions: 1000,
+            ..StoreOptions::default()
+        },
+    );
+    create_many(&store, "a", 900);
+    let mut w = store.watch("pods", None, Some(10)).unwrap();
+    smol::block_on(async {
+        assert_eq!(next(&mut w).await.object.revision, 11);
+        // 1,000 more writes compact everything up to revision 800 — past where the
+        // replay stands, so it cannot go on without a gap.
+        create_many(&store, "b", 1000);
+        let mut last = 11;
+        while let Some(e) = w.next().await {
+            assert_eq!(e.object.revision, last + 1, "no gap before the end");
+            last = e.object.revision;
+        }
+        assert!(last < 800, "replay read past the compaction point: {last}");
+        assert!(
+            matches!(w.error(), Some(StoreError::Gone { oldest: 900 })),
+            "{:?}",
+            w.error()
+        );
     });
 }
