@@ -161,10 +161,29 @@ impl TestCgroup {
         self.dirs.iter().map(|(_, d)| d.as_path())
     }
 
-    /// Moves process `pid` into this cgroup in every hierarchy.
-    pub fn add_process(&self, pid: u32) -> Result<()> {
+    /// Creates the child cgroup `name` below this one in every hierarchy (as a runtime
+    /// would for a container) and returns its directories. Processes belong in such
+    /// children, not in the parent itself: cgroup v2 forbids processes in a cgroup
+    /// that delegates controllers to its children.
+    pub fn child(&self, name: &str) -> Result<Vec<PathBuf>> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            bail!("invalid child cgroup name {name:?}");
+        }
+        let mut made = Vec::new();
         for (_, dir) in &self.dirs {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+            let child = dir.join(name);
+            fs::create_dir_all(&child)
+                .with_context(|| format!("cannot create {}", child.display()))?;
+            made.push(child);
+        }
+        Ok(made)
+    }
+
+    /// Moves process `pid` into the child cgroup `name` (created if missing) in every
+    /// hierarchy.
+    pub fn add_process(&self, name: &str, pid: u32) -> Result<()> {
+        for child in self.child(name)? {
+            write(&child.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }

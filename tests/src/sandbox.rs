@@ -24,6 +24,9 @@ use crate::process::Process;
 
 const NETNS_DIR: &str = "/run/netns";
 
+/// Where `ip netns exec` finds per-namespace files to show over /etc.
+const ETC_NETNS_DIR: &str = "/etc/netns";
+
 /// A network namespace made for a test, deleted on drop.
 struct Netns {
     name: String,
@@ -52,6 +55,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        remove_etc_dir(&self.name);
         if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
             eprintln!(
                 "warning: cannot delete network namespace {}: {e:#}",
@@ -71,6 +75,23 @@ fn sweep_stale() {
         if naming::is_stale(&name) {
             let _ = run(Command::new("ip").args(["netns", "del", &name]));
         }
+    }
+    if let Ok(entries) = std::fs::read_dir(ETC_NETNS_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if naming::is_stale(&name) {
+                remove_etc_dir(&name);
+            }
+        }
+    }
+}
+
+/// Removes /etc/netns/<name>, and /etc/netns itself once empty.
+fn remove_etc_dir(name: &str) {
+    let dir = Path::new(ETC_NETNS_DIR).join(name);
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir(ETC_NETNS_DIR);
     }
 }
 
@@ -138,6 +159,28 @@ impl Node {
             wrapped.current_dir(dir);
         }
         wrapped
+    }
+
+    /// Runs `ip -n <ns> args…` (configuration inside the node); returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.ns.ip(args)?.stdout).into_owned())
+    }
+
+    /// Makes processes started in this node see `contents` as `/etc/<file>` (e.g.
+    /// `resolv.conf` pointing at a test's DNS stub), through `ip netns exec`'s
+    /// `/etc/netns/<ns>/` overlay; the target must exist in /etc. Removed on drop.
+    pub fn set_etc_file(&self, file: &str, contents: &str) -> Result<()> {
+        if file.is_empty() || file.contains('/') || file.starts_with('.') {
+            bail!("invalid /etc file name {file:?}");
+        }
+        if !Path::new("/etc").join(file).exists() {
+            bail!("/etc/{file} does not exist, so it cannot be replaced inside the node");
+        }
+        let dir = Path::new(ETC_NETNS_DIR).join(&self.ns.name);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(dir.join(file), contents)
+            .with_context(|| format!("cannot write {}", dir.join(file).display()))
     }
 
     /// Starts `cmd` inside the node as a [`Process`] (logs captured, stopped on drop).
@@ -229,6 +272,11 @@ impl Lan {
     /// The namespace name holding the bridge.
     pub fn netns(&self) -> &str {
         &self.ns.name
+    }
+
+    /// Runs `ip -n <ns> args…` inside the LAN namespace; returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.ns.ip(args)?.stdout).into_owned())
     }
 
     /// The names of the bridge's ports (one per attached node).

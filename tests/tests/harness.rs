@@ -188,6 +188,18 @@ fn sandbox_is_created_and_fully_torn_down() {
         assert!(inside.contains("127.0.0.1/8"), "{inside}");
         assert_eq!(root_links(), links_before);
         assert_eq!(root_routes_and_addrs(), routes_before);
+        // Per-node /etc files (e.g. a resolv.conf naming a test's DNS stub).
+        node.set_etc_file("hosts", "10.99.0.1 gateway.test\n")
+            .unwrap();
+        let hosts = node
+            .run(Command::new("cat").arg("/etc/hosts"))
+            .unwrap()
+            .stdout;
+        assert_eq!(String::from_utf8_lossy(&hosts), "10.99.0.1 gateway.test\n");
+        assert_ne!(
+            std::fs::read_to_string("/etc/hosts").unwrap(),
+            "10.99.0.1 gateway.test\n"
+        );
         assert!(netns_names().contains(&node_ns));
         assert!(netns_names().contains(&lan_ns));
     }
@@ -265,11 +277,13 @@ fn test_cgroup_is_removed_on_drop() {
     let mut sleeper = Command::new("sleep");
     sleeper.arg("1000");
     let mut process = Process::spawn(sleeper);
+    cg.add_process("pod", process.pid()).unwrap();
     for dir in &dirs {
-        std::fs::create_dir(dir.join("pod")).unwrap();
-        std::fs::write(dir.join("pod/cgroup.procs"), process.pid().to_string()).unwrap();
+        let procs = std::fs::read_to_string(dir.join("pod/cgroup.procs")).unwrap();
+        assert_eq!(procs.trim(), process.pid().to_string(), "{}", dir.display());
     }
     assert_eq!(cg.pids(), vec![process.pid()]);
+    assert!(cg.child("../escape").is_err());
     drop(cg);
     for dir in &dirs {
         assert!(!dir.exists(), "{} left behind", dir.display());
