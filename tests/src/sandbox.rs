@@ -112,6 +112,72 @@ pub fn in_netns_path<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Resu
     })
 }
 
+/// A description of the test process's own (root) network namespace — links,
+/// addresses, routes of all tables, and iptables/ip6tables rules — without counters,
+/// lifetimes or timestamps. Take one before and after a test and compare them to
+/// prove that nothing in the root namespace changed.
+pub fn root_netns_snapshot() -> String {
+    let mut out = String::new();
+    let mut section = |title: &str, program: &str, args: &[&str], keep: fn(&str) -> String| {
+        out.push_str(&format!("## {title}\n"));
+        match crate::command::run_stdout(Command::new(program).args(args)) {
+            Ok(text) => {
+                for line in text.lines().filter(|l| !l.starts_with('#')) {
+                    out.push_str(&keep(line));
+                    out.push('\n');
+                }
+            }
+            Err(e) => out.push_str(&format!("unavailable: {e:#}\n")),
+        }
+    };
+    // Interface index and name, flags and addresses; not state or queue lengths.
+    let link = |l: &str| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let mac = f
+            .iter()
+            .position(|w| w.starts_with("link/"))
+            .map(|i| f[i..].iter().take(2));
+        let mut kept: Vec<&str> = f.iter().take(3).copied().collect();
+        kept.extend(mac.into_iter().flatten().copied());
+        kept.join(" ")
+    };
+    let addr = |l: &str| l.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+    let route = |l: &str| {
+        let mut kept = Vec::new();
+        let mut words = l.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "expires" {
+                words.next();
+            } else {
+                kept.push(w);
+            }
+        }
+        kept.join(" ")
+    };
+    let rule = |l: &str| match l.split_once(" [") {
+        // ":INPUT ACCEPT [12:345]": drop the packet counters.
+        Some((head, _)) if l.starts_with(':') => head.to_string(),
+        _ => l.to_string(),
+    };
+    section("links", "ip", &["-o", "link", "show"], link);
+    section("addresses", "ip", &["-o", "addr", "show"], addr);
+    section(
+        "ipv4 routes",
+        "ip",
+        &["-4", "route", "show", "table", "all"],
+        route,
+    );
+    section(
+        "ipv6 routes",
+        "ip",
+        &["-6", "route", "show", "table", "all"],
+        route,
+    );
+    section("iptables", "iptables-save", &[], rule);
+    section("ip6tables", "ip6tables-save", &[], rule);
+    out
+}
+
 /// A simulated node: its own network namespace with loopback up.
 pub struct Node {
     ns: Netns,

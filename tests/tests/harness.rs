@@ -108,26 +108,6 @@ fn busybox_rootfs_runs_a_shell() {
     assert_eq!(out, "hello\nroot\n65534\n/usr/bin/env\n1777\n");
 }
 
-/// Network devices of the test process's own (root) namespace, one line each.
-fn root_links() -> String {
-    let out = run_stdout(Command::new("ip").args(["-o", "link", "show"])).unwrap();
-    // Drop counters and state that change by themselves; keep names and addresses.
-    out.lines()
-        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn root_routes_and_addrs() -> String {
-    let addrs = run_stdout(Command::new("ip").args(["-o", "addr", "show"])).unwrap();
-    let routes = run_stdout(Command::new("ip").args(["route", "show", "table", "all"])).unwrap();
-    let addrs: Vec<String> = addrs
-        .lines()
-        .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
-        .collect();
-    format!("{}\n{routes}", addrs.join("\n"))
-}
-
 fn netns_names() -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {
@@ -150,8 +130,7 @@ fn ns_inode(pid: &str, kind: &str) -> String {
 #[test]
 fn sandbox_is_created_and_fully_torn_down() {
     flotilla_tests::require_root!();
-    let links_before = root_links();
-    let routes_before = root_routes_and_addrs();
+    let root_before = sandbox::root_netns_snapshot();
     let (node_ns, lan_ns, pid);
     {
         let lan = sandbox::Lan::new();
@@ -186,8 +165,7 @@ fn sandbox_is_created_and_fully_torn_down() {
         .unwrap();
         assert!(inside.contains("10.99.0.2/24"), "{inside}");
         assert!(inside.contains("127.0.0.1/8"), "{inside}");
-        assert_eq!(root_links(), links_before);
-        assert_eq!(root_routes_and_addrs(), routes_before);
+        assert_eq!(sandbox::root_netns_snapshot(), root_before);
         // Per-node /etc files (e.g. a resolv.conf naming a test's DNS stub).
         node.set_etc_file("hosts", "10.99.0.1 gateway.test\n")
             .unwrap();
@@ -210,8 +188,7 @@ fn sandbox_is_created_and_fully_torn_down() {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "process {pid} left behind"
     );
-    assert_eq!(root_links(), links_before);
-    assert_eq!(root_routes_and_addrs(), routes_before);
+    assert_eq!(sandbox::root_netns_snapshot(), root_before);
 }
 
 /// Two nodes on one LAN reach each other (ICMP and TCP); a server in one node is
