@@ -11,6 +11,31 @@
 //!
 //! Everything created is torn down on drop, also when the test panics, and nothing in
 //! the root network namespace is ever changed.
+//!
+//! ```no_run
+//! use std::process::Command;
+//! use std::time::Duration;
+//! use flotilla_tests::{bin, registry::Registry, sandbox::{Lan, Node}};
+//!
+//! #[test]
+//! fn agent_pulls_from_the_registry() {
+//!     flotilla_tests::require_root!();
+//!     let registry = Registry::start();
+//!     let image = registry.push_busybox("busybox:1"); // "127.0.0.1:<port>/busybox:1"
+//!     let lan = Lan::new();
+//!     let node = Node::new("node1");
+//!     node.attach(&lan, "10.99.0.2/24").unwrap();
+//!     let mut agent = Command::new(bin("flotilla-agent"));
+//!     agent.arg("--help");
+//!     let mut agent = node.spawn(agent); // logs printed if the test panics
+//!     agent.wait_for_log("Usage", Duration::from_secs(10)).unwrap();
+//!     # let _ = image;
+//! }
+//! ```
+//!
+//! Loopback addresses are per namespace: a registry on the host's 127.0.0.1 is not
+//! reachable from inside a [`sandbox::Node`]; run such a server in the node
+//! (`node.spawn`) or reach it over the [`sandbox::Lan`].
 
 pub mod cgroup;
 pub mod command;

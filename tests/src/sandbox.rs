@@ -112,6 +112,26 @@ pub fn in_netns_path<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Resu
     })
 }
 
+/// `cmd` rewritten as `ip netns exec <netns> <program> <args>`, keeping its
+/// environment changes and working directory.
+pub fn wrap_in_netns(netns: &str, cmd: &Command) -> Command {
+    let mut wrapped = Command::new("ip");
+    wrapped
+        .args(["netns", "exec", netns])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
 /// A description of the test process's own (root) network namespace — links,
 /// addresses, routes of all tables, and iptables/ip6tables rules — without counters,
 /// lifetimes or timestamps. Take one before and after a test and compare them to
@@ -210,21 +230,7 @@ impl Node {
     /// (same environment and working directory). `ip netns exec` execs the program
     /// in place, so the PID stays the program's, in a private mount namespace.
     pub fn wrap(&self, cmd: &Command) -> Command {
-        let mut wrapped = Command::new("ip");
-        wrapped
-            .args(["netns", "exec", &self.ns.name])
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (key, value) in cmd.get_envs() {
-            match value {
-                Some(value) => wrapped.env(key, value),
-                None => wrapped.env_remove(key),
-            };
-        }
-        if let Some(dir) = cmd.get_current_dir() {
-            wrapped.current_dir(dir);
-        }
-        wrapped
+        wrap_in_netns(&self.ns.name, cmd)
     }
 
     /// Runs `ip -n <ns> args…` (configuration inside the node); returns its stdout.

@@ -280,12 +280,12 @@ fn registry_serves_fixture_images() {
     assert_eq!(busybox, format!("{}/library/busybox:1", registry.addr()));
     let digest = fixtures::layout_digest(&fixtures::busybox_layout(), fixtures::TAG).unwrap();
     let inspect: serde_json::Value =
-        serde_json::from_str(&skopeo_inspect(&busybox, &[]).unwrap()).unwrap();
+        serde_json::from_str(&skopeo_inspect(&registry, &busybox, &[]).unwrap()).unwrap();
     assert_eq!(inspect["Digest"], digest.as_str());
 
     let multi = registry.push_multiarch("multi:latest");
     let raw: serde_json::Value =
-        serde_json::from_str(&skopeo_inspect(&multi, &["--raw"]).unwrap()).unwrap();
+        serde_json::from_str(&skopeo_inspect(&registry, &multi, &["--raw"]).unwrap()).unwrap();
     let platforms: Vec<String> = raw["manifests"]
         .as_array()
         .unwrap()
@@ -309,19 +309,20 @@ fn registry_serves_fixture_images() {
     assert_eq!(platforms, ["linux/amd64", "linux/arm64", "linux/arm/v7"]);
     // Each platform's image is really there, with its marker layer.
     for arch in ["amd64", "arm64"] {
-        let one: serde_json::Value =
-            serde_json::from_str(&skopeo_inspect(&multi, &["--override-arch", arch]).unwrap())
-                .unwrap();
+        let one: serde_json::Value = serde_json::from_str(
+            &skopeo_inspect(&registry, &multi, &["--override-arch", arch]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(one["Architecture"], arch);
         assert_eq!(one["Layers"].as_array().unwrap().len(), 2);
     }
 
     registry.restart();
     let again: serde_json::Value =
-        serde_json::from_str(&skopeo_inspect(&busybox, &[]).unwrap()).unwrap();
+        serde_json::from_str(&skopeo_inspect(&registry, &busybox, &[]).unwrap()).unwrap();
     assert_eq!(again["Digest"], digest.as_str());
     registry.stop();
-    assert!(skopeo_inspect(&busybox, &[]).is_err());
+    assert!(skopeo_inspect(&registry, &busybox, &[]).is_err());
 }
 
 /// An htpasswd registry refuses anonymous and wrong credentials, accepts the right ones.
@@ -330,29 +331,57 @@ fn htpasswd_registry_requires_credentials() {
     flotilla_tests::require_root!();
     let registry = Registry::start_with_htpasswd("fleet", "s3cret");
     let image = registry.push_busybox("private:1");
-    let anonymous = skopeo_inspect(&image, &["--no-creds"]).unwrap_err();
+    let anonymous = skopeo_inspect(&registry, &image, &["--no-creds"]).unwrap_err();
     assert!(
         format!("{anonymous:#}").contains("unauthorized")
             || format!("{anonymous:#}").contains("authentication required"),
         "{anonymous:#}"
     );
-    assert!(skopeo_inspect(&image, &["--creds", "fleet:wrong"]).is_err());
-    skopeo_inspect(&image, &["--creds", "fleet:s3cret"]).unwrap();
+    assert!(skopeo_inspect(&registry, &image, &["--creds", "fleet:wrong"]).is_err());
+    skopeo_inspect(&registry, &image, &["--creds", "fleet:s3cret"]).unwrap();
 }
 
-fn skopeo_inspect(reference: &str, extra: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = fixtures::skopeo();
-    let mut args = vec!["inspect", "--tls-verify=false"];
+/// A registry inside a node serves the other nodes of its LAN.
+#[test]
+fn registry_in_a_node_serves_the_lan() {
+    flotilla_tests::require_root!();
+    let lan = sandbox::Lan::new();
+    let server = sandbox::Node::new("registry");
+    let client = sandbox::Node::new("client");
+    server.attach(&lan, "10.99.0.10/24").unwrap();
+    client.attach(&lan, "10.99.0.11/24").unwrap();
+    let registry = Registry::start_with(
+        registry::Options::default().in_node(&server, "10.99.0.10".parse().unwrap()),
+    );
+    assert_eq!(registry.addr().ip().to_string(), "10.99.0.10");
+    let image = registry.push_busybox("busybox:1");
+    let mut inspect = fixtures::skopeo();
+    inspect
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .env("NO_PROXY", "10.99.0.10");
+    let out = client.run(&inspect).unwrap();
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        inspect["Digest"],
+        fixtures::layout_digest(&fixtures::busybox_layout(), fixtures::TAG).unwrap()
+    );
+}
+
+fn skopeo_inspect(registry: &Registry, reference: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let mut args = Vec::new();
     // --override-arch is a global option; the rest belong to `inspect`.
     if let Some(i) = extra.iter().position(|a| *a == "--override-arch") {
-        cmd.args(&extra[i..i + 2]);
+        args.extend(&extra[i..i + 2]);
+        args.extend(["inspect", "--tls-verify=false"]);
         args.extend(extra[..i].iter().chain(&extra[i + 2..]));
     } else {
+        args.extend(["inspect", "--tls-verify=false"]);
         args.extend(extra);
     }
-    cmd.args(args).arg(format!("docker://{reference}"));
-    registry::skopeo_env(&mut cmd);
-    run_stdout(&mut cmd)
+    let target = format!("docker://{reference}");
+    args.push(&target);
+    registry.skopeo(&args)
 }
 
 /// A process's logs are printed into the output of a test that panics, and only then.
