@@ -31,6 +31,22 @@ fn fixture_images_are_valid_and_deterministic() {
     .unwrap();
     assert!(stat.contains("LAYER"), "umoci stat: {stat}");
 
+    // It unpacks to a working busybox system.
+    let unpacked = tempfile::tempdir().unwrap();
+    let bundle = unpacked.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{}", layout.display(), fixtures::TAG))
+        .arg(&bundle))
+    .unwrap();
+    let out = run_stdout(Command::new("chroot").arg(bundle.join("rootfs")).args([
+        "/bin/sh",
+        "-c",
+        "echo ok; id -un",
+    ]))
+    .unwrap();
+    assert_eq!(out, "ok\nroot\n");
+
     let inspect = run_stdout(
         fixtures::skopeo()
             .args(["inspect", "--config"])
@@ -64,6 +80,9 @@ fn fixture_images_are_valid_and_deterministic() {
     let archive = fresh.path().join("busybox.oci.tar");
     fixtures::write_oci_archive(&fresh.path().join("layout"), &archive).unwrap();
     assert_eq!(sha256_file(&oci), sha256_file(&archive));
+    let archive = fresh.path().join("busybox.docker.tar");
+    fixtures::write_docker_archive(&fresh.path().join("layout"), &archive).unwrap();
+    assert_eq!(sha256_file(&docker), sha256_file(&archive));
 }
 
 /// Asserts that two directory trees hold the same files with the same bytes.
@@ -316,6 +335,29 @@ fn registry_serves_fixture_images() {
         assert_eq!(one["Architecture"], arch);
         assert_eq!(one["Layers"].as_array().unwrap().len(), 2);
     }
+
+    // Pulling one platform gets that platform's image, marker file included.
+    let pulled = tempfile::tempdir().unwrap();
+    let dest = format!("oci:{}:arm64", pulled.path().join("layout").display());
+    registry
+        .skopeo(&[
+            "--override-arch",
+            "arm64",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{multi}"),
+            &dest,
+        ])
+        .unwrap();
+    let bundle = pulled.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:arm64", pulled.path().join("layout").display()))
+        .arg(&bundle))
+    .unwrap();
+    let marker = std::fs::read_to_string(bundle.join("rootfs").join(fixtures::PLATFORM_FILE));
+    assert_eq!(marker.unwrap(), "linux/arm64\n");
 
     registry.restart();
     let again: serde_json::Value =
