@@ -55,3 +55,53 @@ where
     cmd.args(args);
     cmd
 }
+
+/// `program prefix… <cmd's program> <cmd's args>`, keeping `cmd`'s environment changes
+/// and working directory: runs `cmd` through a wrapper such as `ip netns exec`.
+pub fn prefixed(program: &str, prefix: &[&str], cmd: &Command) -> Command {
+    let mut wrapped = Command::new(program);
+    wrapped
+        .args(prefix)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixed_keeps_arguments_environment_and_directory() {
+        let mut inner = Command::new("sh");
+        inner
+            .args(["-c", "echo \"$GREETING\" $(pwd)"])
+            .env("GREETING", "hello world")
+            .current_dir("/tmp");
+        let mut outer = prefixed("env", &["-u", "NOTHING"], &inner);
+        assert_eq!(
+            describe(&outer),
+            "env -u NOTHING sh -c echo \"$GREETING\" $(pwd)"
+        );
+        assert_eq!(run_stdout(&mut outer).unwrap(), "hello world /tmp\n");
+    }
+
+    #[test]
+    fn failures_name_the_command_and_quote_stderr() {
+        let err = run(Command::new("sh").args(["-c", "echo broken >&2; exit 4"])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("`sh -c echo broken >&2; exit 4`"), "{text}");
+        assert!(text.contains("broken"), "{text}");
+        let err = run(&mut Command::new("/nonexistent/tool")).unwrap_err();
+        assert!(format!("{err:#}").contains("is it installed"), "{err:#}");
+    }
+}

@@ -67,7 +67,14 @@ pub fn e2e_required() -> bool {
 /// Without root the test reports itself skipped and returns; when `CI=true` or
 /// `FLOTILLA_E2E=1` it panics instead, so a CI run can never pass by skipping.
 /// `require_root!()` returns `()`; in a test returning a value, pass it:
-/// `require_root!(Ok(()))`.
+///
+/// ```no_run
+/// #[test]
+/// fn needs_root() -> anyhow::Result<()> {
+///     flotilla_tests::require_root!(Ok(()));
+///     Ok(())
+/// }
+/// ```
 #[macro_export]
 macro_rules! require_root {
     () => {

@@ -115,21 +115,19 @@ pub fn in_netns_path<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Resu
 /// `cmd` rewritten as `ip netns exec <netns> <program> <args>`, keeping its
 /// environment changes and working directory.
 pub fn wrap_in_netns(netns: &str, cmd: &Command) -> Command {
-    let mut wrapped = Command::new("ip");
-    wrapped
-        .args(["netns", "exec", netns])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => wrapped.env(key, value),
-            None => wrapped.env_remove(key),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    wrapped
+    crate::command::prefixed("ip", &["netns", "exec", netns], cmd)
+}
+
+/// `cmd` rewritten to run in a fresh private mount namespace (`unshare --mount
+/// --propagation private`, which execs in place: the PID stays the program's), still
+/// in the test's network namespace. Its mounts vanish with it and never reach the
+/// host. Start it with [`Process::spawn`] or run it with [`crate::command::run`].
+pub fn with_private_mounts(cmd: &Command) -> Command {
+    crate::command::prefixed(
+        "unshare",
+        &["--mount", "--propagation", "private", "--"],
+        cmd,
+    )
 }
 
 /// A description of the test process's own (root) network namespace — links,

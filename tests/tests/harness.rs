@@ -210,6 +210,24 @@ fn sandbox_is_created_and_fully_torn_down() {
     assert_eq!(sandbox::root_netns_snapshot(), root_before);
 }
 
+/// A mount made under `with_private_mounts` is seen by that process only.
+#[test]
+fn private_mounts_stay_private() {
+    flotilla_tests::require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().display().to_string();
+    let mut script = Command::new("sh");
+    script.args([
+        "-c",
+        &format!("mount -t tmpfs flotilla-test {target} && touch {target}/inside && ls {target}"),
+    ]);
+    let out = run_stdout(&mut sandbox::with_private_mounts(&script)).unwrap();
+    assert_eq!(out, "inside\n");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&target), "tmpfs leaked to the host");
+}
+
 /// Two nodes on one LAN reach each other (ICMP and TCP); a server in one node is
 /// ready-checked from its own namespace.
 #[test]
