@@ -148,3 +148,12 @@ pub fn cache_dir() -> PathBuf {
         None => std::env::temp_dir().join("flotilla-fixtures"),
     }
 }
+
+/// A TCP port that is free on 127.0.0.1 right now (the OS picks it; another process
+/// may still take it before you bind, so retry on "address in use").
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind 127.0.0.1:0 to find a free port")
+}
