@@ -1,6 +1,7 @@
 //! Running helper tools (ip, skopeo, htpasswd, …) to completion with clear errors:
 //! a failure names the command line, its exit status and its stderr.
 
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -23,15 +24,41 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start `{line}` (is it installed?)"))?;
+    check(&line, output)
+}
+
+/// Like [`run`], with `input` written to the command's stdin (e.g. `kubectl apply -f -`).
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<Output> {
+    let line = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{line}` (is it installed?)"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Write from another thread so a command that prints before reading cannot block;
+    // a command that exits without reading everything is judged by its exit status.
+    let output = std::thread::scope(|s| {
+        s.spawn(move || match stdin.write_all(input) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        });
+        child.wait_with_output()
+    })
+    .with_context(|| format!("`{line}` failed to run"))?;
+    check(&line, output)
+}
+
+fn check(line: &str, output: Output) -> Result<Output> {
     if !output.status.success() {
         bail!(
-            "`{line}` failed ({}): {}{}",
+            "`{line}` failed ({}): {}",
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
             if output.stderr.is_empty() {
                 String::from_utf8_lossy(&output.stdout).trim().to_string()
             } else {
-                String::new()
+                String::from_utf8_lossy(&output.stderr).trim().to_string()
             }
         );
     }
@@ -93,6 +120,18 @@ mod tests {
             "env -u NOTHING sh -c echo \"$GREETING\" $(pwd)"
         );
         assert_eq!(run_stdout(&mut outer).unwrap(), "hello world /tmp\n");
+    }
+
+    #[test]
+    fn input_reaches_stdin() {
+        let out = run_with_input(Command::new("tr").args(["a-z", "A-Z"]), b"fleet\n").unwrap();
+        assert_eq!(out.stdout, b"FLEET\n");
+        let err = run_with_input(
+            Command::new("sh").args(["-c", "cat >/dev/null; exit 2"]),
+            b"x",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("exit status: 2"), "{err:#}");
     }
 
     #[test]
