@@ -1,3 +1,30 @@
-//! Placeholder: being built (see ARCHITECTURE.md).
+//! flotilla-runtime: Flotilla's OCI container runtime, a library of the agent.
+//!
+//! A container is created from an OCI runtime-spec `config.json` (see [`config`]):
+//! the caller forks an intermediate process that joins and creates namespaces, which
+//! clones the container's init as a sibling (so the caller can `wait` for it); init builds
+//! the root filesystem, pivots into it and waits for `start`, then drops privileges,
+//! installs seccomp and executes the program. [`container`] holds the API (create, start,
+//! state, kill, wait, exec, usage, delete); [`cli`] is a runc-compatible front end.
 
+pub mod capabilities;
+pub mod cgroups;
 pub mod cli;
+pub mod config;
+pub mod container;
+pub mod error;
+mod init;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+mod rootfs;
+pub mod seccomp;
+pub mod state;
+mod sync;
+pub mod tty;
+
+pub use cgroups::Usage;
+pub use config::{ProcessPlan, load_spec, process_plan};
+pub use container::{Container, CreateOptions, DEFAULT_ROOT, ExecProcess, ExitStatus, Runtime};
+pub use error::{Error, Result};
+pub use state::{OciState, Status};

@@ -1,0 +1,242 @@
+//! Code that runs in the forked children: the intermediate process (joins and creates
+//! namespaces, then clones the container process as a sibling with CLONE_PARENT so the
+//! caller can wait for it), the container's init, and an exec'd process.
+//!
+//! Children report failures to the parent over the sync socket and `_exit(1)`; they never
+//! return into the caller's code.
+
+use crate::cgroups::CgroupMountSource;
+use crate::config::{Plan, ProcessPlan};
+use crate::error::{Context, Error, Result};
+use crate::seccomp::Filter;
+use crate::sync;
+use nix::sched::CloneFlags;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+/// What the container's init needs (all prepared before fork).
+pub struct InitArgs<'a> {
+    /// The validated config.
+    pub plan: &'a Plan,
+    /// Child end of the sync socket.
+    pub sock: RawFd,
+    /// exec.fifo opened read-write, when `start` comes from another process.
+    pub fifo: Option<RawFd>,
+    /// Namespaces to join, opened.
+    pub join: &'a [(CloneFlags, OwnedFd)],
+    /// What a `cgroup` mount shows.
+    pub cgroup_mount: &'a CgroupMountSource,
+    /// Highest capability of the kernel.
+    pub last_cap: u32,
+    /// Descriptors to install as stdin, stdout, stderr (None: inherit).
+    pub stdio: [Option<RawFd>; 3],
+}
+
+/// What an exec'd process needs.
+pub struct ExecArgs<'a> {
+    /// The process to run.
+    pub process: &'a ProcessPlan,
+    /// Child end of the sync socket.
+    pub sock: RawFd,
+    /// The container's namespaces, opened, in join order.
+    pub join: &'a [(CloneFlags, OwnedFd)],
+    /// The container's seccomp filter.
+    pub seccomp: Option<&'a Filter>,
+    /// Highest capability of the kernel.
+    pub last_cap: u32,
+    /// Slave side of a pty to use as the controlling terminal and stdio.
+    pub tty: Option<RawFd>,
+}
+
+fn fail(sock: RawFd, e: &Error) -> ! {
+    let msg = e.to_string();
+    if sync::send(sock, sync::ERROR, msg.as_bytes(), None).is_err() {
+        eprintln!("flotilla-runtime: {msg}");
+    }
+    // SAFETY: terminating the child without running the parent's atexit handlers.
+    unsafe { libc::_exit(1) }
+}
+
+/// fork(2)-like clone whose child becomes a child of our parent.
+fn clone_parent() -> std::io::Result<i32> {
+    // SAFETY: a fork-style clone without a new stack; the caller is single-threaded.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+fn wait_go(sock: RawFd) -> Result<()> {
+    // SAFETY: borrowing a descriptor we own for the duration of the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) };
+    match sync::recv(&fd.as_raw_fd()) {
+        Ok(Some(m)) if m.tag == sync::GO => Ok(()),
+        // The parent went away or failed: stop quietly.
+        _ => unsafe { libc::_exit(1) },
+    }
+}
+
+fn join_all(join: &[(CloneFlags, OwnedFd)]) -> Result<()> {
+    for (flag, fd) in join {
+        nix::sched::setns(fd.as_fd(), *flag).ctx(|| format!("joining namespace {flag:?}"))?;
+    }
+    Ok(())
+}
+
+/// The intermediate process of `create`. Never returns.
+pub fn intermediate(a: &InitArgs) -> ! {
+    let r = (|| -> Result<i32> {
+        join_all(a.join)?;
+        let create = a.plan.namespaces.create;
+        nix::sched::unshare(create - CloneFlags::CLONE_NEWCGROUP)
+            .ctx(|| format!("creating namespaces {create:?}"))?;
+        wait_go(a.sock)?;
+        if create.contains(CloneFlags::CLONE_NEWCGROUP) {
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .ctx(|| "creating the cgroup namespace".into())?;
+        }
+        let pid = clone_parent().ctx(|| "cloning the container init".into())?;
+        if pid == 0 {
+            let e = init(a);
+            fail(a.sock, &e);
+        }
+        Ok(pid)
+    })();
+    match r {
+        Ok(pid) => {
+            let _ = sync::send(a.sock, sync::PID, pid.to_string().as_bytes(), None);
+            // SAFETY: leave without touching the parent's state.
+            unsafe { libc::_exit(0) }
+        }
+        Err(e) => fail(a.sock, &e),
+    }
+}
+
+/// The container's init: returns only the error that stopped it.
+fn init(a: &InitArgs) -> Error {
+    let p = a.plan;
+    let pre = (|| -> Result<std::path::PathBuf> {
+        for (i, fd) in a.stdio.iter().enumerate() {
+            if let Some(fd) = fd {
+                // SAFETY: dup2 onto the standard descriptors.
+                if unsafe { libc::dup2(*fd, i as i32) } < 0 {
+                    return Err(Error::io(
+                        "setting up stdio",
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+            }
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::setsid() };
+        if let Some(adj) = p.process.oom_score_adj {
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+                .ctx(|| format!("setting oom_score_adj to {adj}"))?;
+        }
+        crate::process::apply_rlimits(&p.process)?;
+        crate::rootfs::prepare(p, a.cgroup_mount)?;
+        crate::rootfs::pivot(&p.rootfs)?;
+        crate::rootfs::finish(p)?;
+        if let Some(h) = &p.hostname {
+            nix::unistd::sethostname(h).ctx(|| format!("setting hostname {h:?}"))?;
+        }
+        if let Some(d) = &p.domainname {
+            // SAFETY: valid buffer and length.
+            if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } < 0 {
+                return Err(Error::io(
+                    format!("setting domainname {d:?}"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        nix::unistd::chdir(&p.process.cwd)
+            .ctx(|| format!("process.cwd {}", p.process.cwd.display()))?;
+        let exe = crate::process::find_executable(&p.process)?;
+        if p.process.terminal {
+            crate::tty::setup_in_container(a.sock)?;
+        }
+        Ok(exe)
+    })();
+    let exe = match pre {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    if sync::send(a.sock, sync::READY, b"", None).is_err() {
+        // SAFETY: the parent is gone; nothing to report to.
+        unsafe { libc::_exit(1) }
+    }
+    match a.fifo {
+        Some(fifo) => {
+            let mut b = [0u8; 1];
+            loop {
+                // SAFETY: reading one byte into a valid buffer.
+                let r = unsafe { libc::read(fifo, b.as_mut_ptr().cast(), 1) };
+                if r == 1 {
+                    break;
+                }
+                if r < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                return Error::Init("exec.fifo closed before start".into());
+            }
+        }
+        None => {
+            // SAFETY: borrowing our own descriptor.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(a.sock) };
+            match sync::recv(&fd.as_raw_fd()) {
+                Ok(Some(m)) if m.tag == sync::START => {}
+                // The caller dropped the container before starting it.
+                _ => unsafe { libc::_exit(1) },
+            }
+        }
+    }
+    crate::process::finalize_and_exec(&p.process, &exe, p.seccomp.as_ref(), a.last_cap)
+}
+
+/// The intermediate process of `exec`. Never returns.
+pub fn exec_intermediate(a: &ExecArgs) -> ! {
+    let r = (|| -> Result<i32> {
+        wait_go(a.sock)?;
+        join_all(a.join)?;
+        let pid = clone_parent().ctx(|| "cloning the exec process".into())?;
+        if pid == 0 {
+            let e = exec_child(a);
+            fail(a.sock, &e);
+        }
+        Ok(pid)
+    })();
+    match r {
+        Ok(pid) => {
+            let _ = sync::send(a.sock, sync::PID, pid.to_string().as_bytes(), None);
+            // SAFETY: leave without touching the parent's state.
+            unsafe { libc::_exit(0) }
+        }
+        Err(e) => fail(a.sock, &e),
+    }
+}
+
+fn exec_child(a: &ExecArgs) -> Error {
+    let r = (|| -> Result<std::path::PathBuf> {
+        if let Some(tty) = a.tty {
+            crate::tty::make_controlling(tty)?;
+        }
+        nix::unistd::chdir(&a.process.cwd).ctx(|| format!("cwd {}", a.process.cwd.display()))?;
+        crate::process::find_executable(a.process)
+    })();
+    match r {
+        Ok(exe) => crate::process::finalize_and_exec(a.process, &exe, a.seccomp, a.last_cap),
+        Err(e) => e,
+    }
+}
