@@ -15,6 +15,7 @@
 //! - [`actions`], [`pods`], [`hash`], [`intstr`]: shared vocabulary and helpers.
 
 pub mod actions;
+pub mod deployment;
 pub mod hash;
 pub mod intstr;
 pub mod pods;

@@ -1,0 +1,543 @@
+//! Deployment tests: single steps, and whole rollouts driven together with the
+//! ReplicaSet controller in a small simulated world that checks the bounds each step.
+
+use super::*;
+use crate::pods::testing::{at, from};
+use crate::replicaset;
+use k8s_openapi::api::core::v1::PodCondition;
+use serde_json::{Value, json};
+
+fn deployment(replicas: i32, image: &str, strategy: Value) -> Deployment {
+    from(json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": strategy,
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "c", "image": image}]}}
+        }
+    }))
+}
+
+fn rolling(surge: Value, unavailable: Value) -> Value {
+    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}})
+}
+
+/// A cluster in miniature: the deployment, its ReplicaSets and pods, a clock.
+struct World {
+    d: Deployment,
+    rss: Vec<ReplicaSet>,
+    pods: Vec<Pod>,
+    tick: i64,
+    counter: usize,
+    events: Vec<Event>,
+    /// Pods become Ready one tick after creation unless this is false.
+    pods_get_ready: bool,
+    /// Pods of old ReplicaSets linger one tick after deletion (Recreate must wait).
+    lingering: Vec<Pod>,
+}
+
+impl World {
+    fn new(d: Deployment) -> World {
+        World {
+            d,
+            rss: vec![],
+            pods: vec![],
+            tick: 0,
+            counter: 0,
+            events: vec![],
+            pods_get_ready: true,
+            lingering: vec![],
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_second(at("2026-01-01T00:00:00Z").as_second() + self.tick * 10).unwrap()
+    }
+
+    fn next_id(&mut self) -> usize {
+        self.counter += 1;
+        self.counter
+    }
+
+    /// One round: pods turn ready, the deployment controller, then every ReplicaSet
+    /// controller. Returns whether anything but events and status happened.
+    fn round(&mut self) -> bool {
+        self.tick += 1;
+        let now = self.now();
+        self.lingering.clear();
+        if self.pods_get_ready {
+            for p in &mut self.pods {
+                let conds = p
+                    .status
+                    .get_or_insert_with(Default::default)
+                    .conditions
+                    .get_or_insert_with(Vec::new);
+                if conds.is_empty() {
+                    conds.push(PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(Time(now)),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let mut changed = false;
+        let mut all_pods = self.pods.clone();
+        all_pods.extend(self.lingering.iter().cloned());
+        for a in reconcile(&self.d, &self.rss, &all_pods, now) {
+            changed |= !matches!(a, Action::Event(_) | Action::UpdateStatus(_));
+            self.apply(a, now);
+        }
+        for i in 0..self.rss.len() {
+            let rs = self.rss[i].clone();
+            for a in replicaset::reconcile(&rs, &self.pods, now) {
+                changed |= !matches!(a, Action::Event(_) | Action::UpdateStatus(_));
+                self.apply(a, now);
+            }
+        }
+        changed
+    }
+
+    fn apply(&mut self, a: Action, now: Timestamp) {
+        match a {
+            Action::CreateReplicaSet(rs) => {
+                let mut rs = *rs;
+                let id = self.next_id();
+                rs.metadata.uid = Some(format!("rs-{id}"));
+                rs.metadata.generation = Some(1);
+                rs.metadata.creation_timestamp = Some(Time(
+                    Timestamp::from_second(now.as_second() + id as i64).unwrap(),
+                ));
+                self.rss.push(rs);
+            }
+            Action::UpdateReplicaSet(rs) => {
+                let i = self
+                    .rss
+                    .iter()
+                    .position(|x| x.metadata.name == rs.metadata.name)
+                    .unwrap();
+                let keep = self.rss[i].clone();
+                self.rss[i] = *rs;
+                self.rss[i].status = keep.status;
+                self.rss[i].metadata.uid = keep.metadata.uid;
+                self.rss[i].metadata.creation_timestamp = keep.metadata.creation_timestamp;
+            }
+            Action::DeleteReplicaSet { name, .. } => self
+                .rss
+                .retain(|r| r.metadata.name.as_deref() != Some(&name)),
+            Action::UpdateDeployment(d) => self.d.metadata = d.metadata,
+            Action::UpdateStatus(s) => match *s {
+                Status::Deployment(s) => self.d.status = Some(s),
+                // refresh_rs_status below stands in for the ReplicaSet controller's status writes.
+                Status::ReplicaSet(_) => {}
+            Action::CreatePod { pod, owner } => {
+                let mut p = *pod;
+                let id = self.next_id();
+                p.metadata.name =
+                    Some(format!("{}{id}", p.metadata.generate_name.clone().unwrap()));
+                p.metadata.uid = Some(format!("pod-{id}"));
+                p.metadata.creation_timestamp = Some(Time(now));
+                p.status = Some(from(json!({"phase": "Running"})));
+                self.events.push(Event::created_pod(
+                    owner,
+                    p.metadata.name.as_deref().unwrap(),
+                ));
+                self.pods.push(p);
+            }
+            Action::DeletePod { name, .. } => {
+                let i = self
+                    .pods
+                    .iter()
+                    .position(|p| p.metadata.name.as_deref() == Some(&name))
+                    .unwrap();
+                self.lingering.push(self.pods.remove(i));
+            }
+            Action::Event(e) => self.events.push(e),
+            other => panic!("unexpected {other:?}"),
+        }
+        self.refresh_rs_status(now);
+    }
+
+    /// ReplicaSet statuses as their controller would write them right away.
+    fn refresh_rs_status(&mut self, now: Timestamp) {
+        for rs in &mut self.rss {
+            let uid = rs.metadata.uid.clone().unwrap_or_default();
+            let mine: Vec<&Pod> = self
+                .pods
+                .iter()
+                .filter(|p| controlled_by(&p.metadata, &uid))
+                .collect();
+            rs.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+                replicas: mine.len() as i32,
+                ready_replicas: Some(
+                    mine.iter().filter(|p| crate::pods::is_ready(p)).count() as i32
+                ),
+                available_replicas: Some(
+                    mine.iter()
+                        .filter(|p| crate::pods::is_available(p, 0, now))
+                        .count() as i32,
+                ),
+                observed_generation: rs.metadata.generation,
+                ..Default::default()
+            });
+        }
+    }
+
+    fn available(&self) -> i32 {
+        self.pods
+            .iter()
+            .filter(|p| crate::pods::is_ready(p))
+            .count() as i32
+    }
+
+    /// Runs rounds until nothing changes, checking the rollout bounds after each.
+    fn settle(&mut self, min_available: i32, max_total: i32) {
+        for _ in 0..100 {
+            let changed = self.round();
+            assert!(
+                self.pods.len() as i32 <= max_total,
+                "{} pods > {max_total}",
+                self.pods.len()
+            );
+            if self.tick > 2 {
+                assert!(
+                    self.available() >= min_available,
+                    "{} available < {min_available} at tick {}",
+                    self.available(),
+                    self.tick
+                );
+            }
+            if !changed && !self.round() {
+                return;
+            }
+        }
+        panic!("did not settle");
+    }
+
+    fn set_image(&mut self, image: &str) {
+        let spec = self.d.spec.as_mut().unwrap();
+        spec.template.spec.as_mut().unwrap().containers[0].image = Some(image.into());
+        self.d.metadata.generation = Some(self.d.metadata.generation.unwrap() + 1);
+    }
+
+    fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| {
+                p.spec.as_ref().unwrap().containers[0]
+                    .image
+                    .clone()
+                    .unwrap()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let c = condition(self.d.status.as_ref(), type_).unwrap();
+        (c.status.clone(), c.reason.clone().unwrap())
+    }
+}
+
+#[test]
+fn fenceposts_round_surge_up_and_unavailable_down() {
+    assert_eq!(
+        surge_and_unavailable(&deployment(10, "a", json!({}))),
+        Ok((3, 2))
+    );
+    assert_eq!(
+        surge_and_unavailable(&deployment(10, "a", rolling(json!("0%"), json!("0%")))),
+        Ok((0, 1))
+    );
+    assert_eq!(
+        surge_and_unavailable(&deployment(3, "a", rolling(json!(1), json!(0)))),
+        Ok((1, 0))
+    );
+    assert_eq!(
+        surge_and_unavailable(&deployment(3, "a", json!({"type": "Recreate"}))),
+        Ok((0, 0))
+    );
+    assert!(surge_and_unavailable(&deployment(3, "a", rolling(json!("x"), json!(0)))).is_err());
+}
+
+#[test]
+fn a_new_deployment_creates_its_first_replicaset() {
+    let d = deployment(3, "nginx:1", json!({}));
+    let actions = reconcile(&d, &[], &[], at("2026-01-01T00:00:00Z"));
+    let Action::CreateReplicaSet(rs) = &actions[0] else {
+        panic!("{actions:?}")
+    };
+    let hash = rs.metadata.labels.as_ref().unwrap()[POD_TEMPLATE_HASH].clone();
+    assert_eq!(
+        rs.metadata.name.as_deref(),
+        Some(format!("web-{hash}").as_str())
+    );
+    assert_eq!(rs.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(revision(rs), 1);
+    assert_eq!(
+        rs.spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .as_ref()
+            .unwrap()[POD_TEMPLATE_HASH],
+        hash
+    );
+    assert!(controlled_by(&rs.metadata, "d-uid"));
+    assert!(actions.iter().any(|a| matches!(a, Action::Event(e)
+        if e.reason == "ScalingReplicaSet" && e.message == format!("Scaled up replica set web-{hash} to 3 from 0"))));
+    assert!(actions.iter().any(|a| matches!(a, Action::UpdateDeployment(d) if annotation(&d.metadata, REVISION) == Some("1"))));
+    let Some(Action::UpdateStatus(s)) = actions.last() else {
+        panic!()
+    };
+    let Status::Deployment(s) = &**s else {
+        panic!()
+    };
+    let progressing = s
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetCreated"));
+    assert_eq!(
+        progressing.message.as_deref(),
+        Some(format!("Created new replica set \"web-{hash}\"").as_str())
+    );
+}
+
+#[test]
+fn a_rollout_completes_with_the_conditions_rollout_status_reads() {
+    let mut w = World::new(deployment(3, "nginx:1", json!({})));
+    w.settle(0, 4);
+    assert_eq!(w.images(), vec!["nginx:1"; 3]);
+    let s = w.d.status.clone().unwrap();
+    assert_eq!(
+        (
+            s.replicas,
+            s.updated_replicas,
+            s.available_replicas,
+            s.unavailable_replicas
+        ),
+        (Some(3), Some(3), Some(3), Some(0))
+    );
+    assert_eq!(
+        w.condition("Available"),
+        ("True".into(), "MinimumReplicasAvailable".into())
+    );
+    assert_eq!(
+        w.condition("Progressing"),
+        ("True".into(), "NewReplicaSetAvailable".into())
+    );
+}
+
+fn rolling_update_within(
+    replicas: i32,
+    surge: Value,
+    unavailable: Value,
+    max_surge: i32,
+    max_unavailable: i32,
+) {
+    let mut w = World::new(deployment(replicas, "nginx:1", rolling(surge, unavailable)));
+    w.settle(0, replicas + max_surge);
+    w.set_image("nginx:2");
+    w.settle(replicas - max_unavailable, replicas + max_surge);
+    assert_eq!(w.images(), vec!["nginx:2"; replicas as usize]);
+    assert_eq!(w.rss.len(), 2);
+    let old = w.rss.iter().find(|rs| revision(rs) == 1).unwrap();
+    assert_eq!(
+        spec_replicas(old),
+        0,
+        "the old ReplicaSet is kept, scaled to zero"
+    );
+    assert_eq!(annotation(&w.d.metadata, REVISION), Some("2"));
+    assert!(
+        w.events
+            .iter()
+            .any(|e| e.message.starts_with("Scaled down replica set"))
+    );
+}
+
+#[test]
+fn rolling_updates_stay_within_surge_and_unavailability() {
+    rolling_update_within(10, json!("25%"), json!("25%"), 3, 2);
+    rolling_update_within(3, json!(1), json!(0), 1, 0);
+    rolling_update_within(4, json!(0), json!(2), 0, 2);
+    rolling_update_within(5, json!("100%"), json!(0), 5, 0);
+}
+
+#[test]
+fn recreate_removes_old_pods_before_starting_new_ones() {
+    let mut w = World::new(deployment(2, "nginx:1", json!({"type": "Recreate"})));
+    w.settle(0, 2);
+    w.set_image("nginx:2");
+    // First round: the old ReplicaSet goes to zero; no new ReplicaSet yet.
+    w.round();
+    assert_eq!(w.rss.len(), 1);
+    assert!(w.rss.iter().all(|rs| spec_replicas(rs) == 0));
+    w.round(); // old pods deleted (still lingering this round)
+    w.settle(0, 2);
+    assert_eq!(w.images(), vec!["nginx:2"; 2]);
+}
+
+#[test]
+fn history_beyond_the_limit_is_deleted() {
+    let mut d = deployment(1, "v1", json!({}));
+    d.spec.as_mut().unwrap().revision_history_limit = Some(1);
+    let mut w = World::new(d);
+    w.settle(0, 2);
+    for v in ["v2", "v3", "v4"] {
+        w.set_image(v);
+        w.settle(0, 2);
+    }
+    w.round();
+    let mut revisions: Vec<i64> = w.rss.iter().map(revision).collect();
+    revisions.sort();
+    assert_eq!(revisions, vec![3, 4]);
+}
+
+#[test]
+fn undo_restores_the_previous_template_under_a_new_revision() {
+    let mut w = World::new(deployment(2, "v1", json!({})));
+    w.settle(0, 3);
+    w.set_image("v2");
+    w.settle(1, 3);
+    let target = rollback_template(&w.d, &w.rss, None).unwrap();
+    assert_eq!(
+        target.spec.as_ref().unwrap().containers[0].image.as_deref(),
+        Some("v1")
+    );
+    assert!(
+        !target
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key(POD_TEMPLATE_HASH)
+    );
+    assert_eq!(
+        rollback_template(&w.d, &w.rss, Some(2))
+            .unwrap()
+            .spec
+            .unwrap()
+            .containers[0]
+            .image
+            .as_deref(),
+        Some("v2")
+    );
+    assert_eq!(
+        rollback_template(&w.d, &w.rss, Some(7)).unwrap_err(),
+        "unable to find specified revision 7 in history"
+    );
+
+    w.d.spec.as_mut().unwrap().template = target;
+    w.settle(1, 3);
+    assert_eq!(w.images(), vec!["v1"; 2]);
+    assert_eq!(w.rss.len(), 2, "the old ReplicaSet is reused");
+    let reused = w.rss.iter().find(|rs| revision(rs) == 3).unwrap();
+    assert_eq!(annotation(&reused.metadata, REVISION_HISTORY), Some("1"));
+    assert_eq!(annotation(&w.d.metadata, REVISION), Some("3"));
+
+    let fresh = deployment(1, "v1", json!({}));
+    assert_eq!(
+        rollback_template(&fresh, &[], None).unwrap_err(),
+        "no rollout history found for deployment"
+    );
+}
+
+#[test]
+fn rollout_restart_rolls_the_pods() {
+    let mut w = World::new(deployment(2, "v1", json!({})));
+    w.settle(0, 3);
+    let before: Vec<String> = w
+        .pods
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    let t =
+        w.d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .metadata
+            .as_mut()
+            .unwrap();
+    t.annotations = Some(BTreeMap::from([(
+        RESTARTED_AT.to_owned(),
+        "2026-01-01T00:05:00Z".to_owned(),
+    )]));
+    w.settle(1, 3);
+    assert_eq!(w.rss.len(), 2);
+    assert!(
+        w.pods
+            .iter()
+            .all(|p| !before.contains(p.metadata.name.as_ref().unwrap()))
+    );
+    assert_eq!(annotation(&w.d.metadata, REVISION), Some("2"));
+}
+
+#[test]
+fn paused_deployments_scale_but_do_not_roll() {
+    let mut w = World::new(deployment(2, "v1", json!({})));
+    w.settle(0, 3);
+    w.d.spec.as_mut().unwrap().paused = Some(true);
+    w.set_image("v2");
+    w.d.spec.as_mut().unwrap().replicas = Some(4);
+    w.settle(0, 4);
+    assert_eq!(w.images(), vec!["v1"; 4]);
+    assert_eq!(
+        w.condition("Progressing"),
+        ("Unknown".into(), "DeploymentPaused".into())
+    );
+    w.d.spec.as_mut().unwrap().paused = Some(false);
+    w.round();
+    assert_eq!(
+        w.condition("Progressing"),
+        ("Unknown".into(), "DeploymentResumed".into())
+    );
+    w.settle(3, 5);
+    assert_eq!(w.images(), vec!["v2"; 4]);
+    assert_eq!(
+        w.condition("Progressing"),
+        ("True".into(), "NewReplicaSetAvailable".into())
+    );
+}
+
+#[test]
+fn a_stuck_rollout_exceeds_its_progress_deadline() {
+    let mut d = deployment(2, "v1", json!({}));
+    d.spec.as_mut().unwrap().progress_deadline_seconds = Some(60);
+    let mut w = World::new(d);
+    w.pods_get_ready = false;
+    for _ in 0..4 {
+        w.round();
+    }
+    assert_eq!(
+        w.condition("Available"),
+        ("False".into(), "MinimumReplicasUnavailable".into())
+    );
+    for _ in 0..10 {
+        w.round();
+    }
+    assert_eq!(
+        w.condition("Progressing"),
+        ("False".into(), "ProgressDeadlineExceeded".into())
+    );
+}
+
+#[test]
+fn an_empty_selector_is_refused() {
+    let mut d = deployment(1, "v1", json!({}));
+    d.spec.as_mut().unwrap().selector = LabelSelector::default();
+    let actions = reconcile(&d, &[], &[], at("2026-01-01T00:00:00Z"));
+    assert!(matches!(&actions[..], [Action::Event(e)] if e.reason == "SelectingAll"));
+}
