@@ -133,6 +133,8 @@ impl World {
                 Status::Deployment(s) => self.d.status = Some(s),
                 // refresh_rs_status below stands in for the ReplicaSet controller's status writes.
                 Status::ReplicaSet(_) => {}
+                _ => unreachable!(),
+            },
             Action::CreatePod { pod, owner } => {
                 let mut p = *pod;
                 let id = self.next_id();
