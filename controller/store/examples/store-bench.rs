@@ -225,4 +225,22 @@ fn main() {
     );
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!("file size:                      {:>8} KiB", size / 1024);
+    drop(store);
+    let start = Instant::now();
+    let store = Store::open(&path, options.clone()).unwrap();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "reopen with file compaction:    {:>8.0} ms, file {} KiB, revision {}",
+        start.elapsed().as_secs_f64() * 1000.0,
+        size / 1024,
+        store.revision()
+    );
+    drop(store);
+    let start = Instant::now();
+    let store = Store::open(&path, options).unwrap();
+    println!(
+        "reopen again (nothing to free): {:>8.0} ms, revision {}",
+        start.elapsed().as_secs_f64() * 1000.0,
+        store.revision()
+    );
 }

@@ -3,16 +3,20 @@
 //! - `objects`: encoded [`Key`] -> `revision u64 LE` ++ value bytes.
 //! - `log`: revision -> `kind u8` ++ `unix millis u64 LE` ++ `key len u32 LE` ++ key ++ value
 //!   (for a deletion, the value is the object's last state).
-//! - `meta`: `"revision"` (last assigned revision), `"compacted"` (every log record at or
+//! - `meta`: `"format"` ([`FORMAT`]), `"revision"` (last assigned revision), `"compacted"` (every log record at or
 //!   below it has been removed).
 
 use crate::{EventKind, Key, StoreError};
 use redb::TableDefinition;
 
+/// Version of these layouts, kept in `meta` under `"format"`.
+pub(crate) const FORMAT: u64 = 1;
+
 pub(crate) const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_REVISION: &str = "revision";
 pub(crate) const META_COMPACTED: &str = "compacted";
 

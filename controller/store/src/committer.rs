@@ -35,6 +35,15 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    fn value_len(&self) -> usize {
+        match self {
+            Op::Create { value, .. } | Op::Update { value, .. } => value.len(),
+            Op::Delete { .. } => 0,
+        }
+    }
+}
+
 pub(crate) struct Pending {
     pub op: Op,
     pub reply: async_channel::Sender<Result<Object, StoreError>>,
@@ -70,10 +79,14 @@ impl Committer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let mut bytes = first.op.value_len();
             let mut batch = vec![first];
-            while batch.len() < self.options.max_batch {
+            while batch.len() < self.options.max_batch && bytes < self.options.max_batch_bytes {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) => {
+                        bytes += p.op.value_len();
+                        batch.push(p);
+                    }
                     Err(_) => break,
                 }
             }

@@ -1,7 +1,7 @@
 //! [`Store`]: opening the database, reads (get, list) from redb snapshots, and the async
 //! and blocking write calls that hand work to the committer thread.
 
-use crate::codec::{self, LOG, META, META_COMPACTED, META_REVISION, OBJECTS};
+use crate::codec::{self, FORMAT, LOG, META, META_COMPACTED, META_FORMAT, META_REVISION, OBJECTS};
 use crate::committer::{Committer, Counters, Op, Pending};
 use crate::key::{self, Key};
 use crate::watch::{Registry, Watcher};
@@ -28,6 +28,11 @@ pub struct StoreOptions {
     pub compaction_interval: Duration,
     /// Most writes in one group commit.
     pub max_batch: usize,
+    /// Most value bytes in one group commit (a batch holds at least one write).
+    pub max_batch_bytes: usize,
+    /// Compact the redb file when opening it, if pages that old writes freed make up more
+    /// than a quarter of it.
+    pub compact_file_on_open: bool,
     /// Events a watcher may have pending before it is cut off.
     pub watch_queue: usize,
 }
@@ -40,6 +45,8 @@ impl Default for StoreOptions {
             history_age: Duration::from_secs(5 * 60),
             compaction_interval: Duration::from_secs(10),
             max_batch: 1024,
+            max_batch_bytes: 16 << 20,
+            compact_file_on_open: true,
             watch_queue: 10_000,
         }
     }
@@ -127,16 +134,38 @@ impl Drop for Inner {
 impl Store {
     /// Opens the store at `path`, creating the file if absent.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
-        let db = Database::builder()
+        let existed = path.exists();
+        let mut db = Database::builder()
             .set_cache_size(options.cache_size)
             .create(path)?;
-        let txn = db.begin_write()?;
+        if !existed {
+            sync_parent_dir(path)?;
+        }
+        if options.compact_file_on_open {
+            compact_file(&mut db, path)?;
+        }
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
         let (revision, compacted) = {
             txn.open_table(OBJECTS)?;
             txn.open_table(LOG)?;
-            let meta = txn.open_table(META)?;
-            let get = |name| -> Result<u64> { Ok(meta.get(name)?.map(|g| g.value()).unwrap_or(0)) };
-            (get(META_REVISION)?, get(META_COMPACTED)?)
+            let mut meta = txn.open_table(META)?;
+            let get = |meta: &redb::Table<&str, u64>, name| -> Result<u64> {
+                Ok(meta.get(name)?.map(|g| g.value()).unwrap_or(0))
+            };
+            match get(&meta, META_FORMAT)? {
+                0 => {
+                    meta.insert(META_FORMAT, FORMAT)?;
+                }
+                FORMAT => {}
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} has store format {other}; this build reads format {FORMAT}",
+                        path.display()
+                    )));
+                }
+            }
+            (get(&meta, META_REVISION)?, get(&meta, META_COMPACTED)?)
         };
         txn.commit()?;
         let db = Arc::new(db);
@@ -373,6 +402,45 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         answer.recv().await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Gives back the pages freed by old writes and compacted history, when they are more
+/// than a quarter of the file (and at least 1 MiB): compaction rewrites the file, which
+/// is worth its time and flash wear only then.
+fn compact_file(db: &mut Database, path: &Path) -> Result<()> {
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| StoreError::Db(Arc::new(e.into())))?
+        .len();
+    let used = {
+        let txn = db.begin_write()?;
+        let stats = txn.stats()?;
+        txn.abort()?;
+        stats.allocated_pages() * stats.page_size() as u64
+    };
+    let free = file_len.saturating_sub(used);
+    if free < (1 << 20).max(file_len / 4) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    while db.compact().map_err(redb::Error::from)? {}
+    tracing::info!(
+        file_len,
+        free,
+        millis = started.elapsed().as_millis() as u64,
+        "compacted the store file"
+    );
+    Ok(())
+}
+
+/// Makes a newly created file's directory entry durable.
+fn sync_parent_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Db(Arc::new(e.into())))
 }
 
 impl std::fmt::Debug for Store {

@@ -288,3 +288,66 @@ fn list_each_streams_pages_without_copying() {
     assert!(matches!(err, StoreError::InvalidKey(ref m) if m == "stop"));
     assert_eq!(calls, 3);
 }
+
+#[test]
+fn a_file_of_an_unknown_format_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store.redb");
+    drop(open(&dir));
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .unwrap()
+            .insert("format", 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("format 99"), "{err}");
+}
+
+#[test]
+fn reopening_gives_back_space_of_deleted_objects() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store.redb");
+    let options = StoreOptions {
+        history_revisions: 1,
+        ..StoreOptions::default()
+    };
+    {
+        // 12.8 MB of objects, then all of them deleted.
+        let store = Store::open(&path, options.clone()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..16 {
+                        let k = pod("big", &format!("{t}-{i}"));
+                        store.create_blocking(k, vec![b'x'; 50_000]).unwrap();
+                    }
+                    for i in 0..16 {
+                        store
+                            .delete_blocking(&pod("big", &format!("{t}-{i}")), None)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+    }
+    let before = std::fs::metadata(&path).unwrap().len();
+    let store = Store::open(&path, options).unwrap();
+    let after = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        before > 12_000_000 && after * 4 < before,
+        "file should shrink on reopen: {before} -> {after} bytes"
+    );
+    assert_eq!(store.revision(), 512);
+    assert!(
+        store
+            .list("pods", None, None, None)
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
