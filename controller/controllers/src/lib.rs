@@ -18,6 +18,7 @@ pub mod actions;
 pub mod deployment;
 pub mod hash;
 pub mod intstr;
+pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 
