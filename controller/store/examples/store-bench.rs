@@ -227,7 +227,7 @@ fn main() {
     println!("file size:                      {:>8} KiB", size / 1024);
     drop(store);
     let start = Instant::now();
-    let store = Store::open(&path, options.clone()).unwrap();
+    let mut store = Store::open(&path, options.clone()).unwrap();
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
         "reopen with file compaction:    {:>8.0} ms, file {} KiB, revision {}",
@@ -235,12 +235,21 @@ fn main() {
         size / 1024,
         store.revision()
     );
-    drop(store);
-    let start = Instant::now();
-    let store = Store::open(&path, options).unwrap();
-    println!(
-        "reopen again (nothing to free): {:>8.0} ms, revision {}",
-        start.elapsed().as_secs_f64() * 1000.0,
-        store.revision()
-    );
+    for compact in [true, false] {
+        drop(store);
+        let start = Instant::now();
+        store = Store::open(
+            &path,
+            StoreOptions {
+                compact_file_on_open: compact,
+                ..options.clone()
+            },
+        )
+        .unwrap();
+        println!(
+            "reopen again, compact={compact:<5}:   {:>8.0} ms, revision {}",
+            start.elapsed().as_secs_f64() * 1000.0,
+            store.revision()
+        );
+    }
 }
