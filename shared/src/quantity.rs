@@ -16,7 +16,9 @@ pub struct Quantity {
 
 /// Why a string is not a quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {input:?} ({reason})")]
+#[error(
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {input:?} ({reason})"
+)]
 pub struct QuantityError {
     input: String,
     reason: &'static str,
@@ -25,12 +27,16 @@ pub struct QuantityError {
 impl Quantity {
     /// A quantity of `n` whole units.
     pub fn from_units(n: i64) -> Self {
-        Quantity { nanos: i128::from(n) * NANO }
+        Quantity {
+            nanos: i128::from(n) * NANO,
+        }
     }
 
     /// A quantity of `n` thousandths of a unit (millicores for CPU).
     pub fn from_millis(n: i64) -> Self {
-        Quantity { nanos: i128::from(n) * 1_000_000 }
+        Quantity {
+            nanos: i128::from(n) * 1_000_000,
+        }
     }
 
     /// The value in thousandths, rounded up (CPU millicores).
@@ -45,7 +51,10 @@ impl Quantity {
 
     /// Parses a quantity in Kubernetes syntax.
     pub fn parse(input: &str) -> Result<Self, QuantityError> {
-        let fail = |reason| QuantityError { input: input.to_owned(), reason };
+        let fail = |reason| QuantityError {
+            input: input.to_owned(),
+            reason,
+        };
         let (negative, rest) = match input.as_bytes().first() {
             Some(b'-') => (true, &input[1..]),
             Some(b'+') => (false, &input[1..]),
@@ -96,7 +105,9 @@ impl Quantity {
             _ => return Err(fail("unknown suffix")),
         }
         .ok_or_else(|| fail("number too large"))?;
-        Ok(Quantity { nanos: if negative { -nanos } else { nanos } })
+        Ok(Quantity {
+            nanos: if negative { -nanos } else { nanos },
+        })
     }
 }
 
@@ -123,14 +134,18 @@ impl fmt::Display for Quantity {
 impl std::ops::Add for Quantity {
     type Output = Quantity;
     fn add(self, other: Quantity) -> Quantity {
-        Quantity { nanos: self.nanos.saturating_add(other.nanos) }
+        Quantity {
+            nanos: self.nanos.saturating_add(other.nanos),
+        }
     }
 }
 
 impl std::ops::Sub for Quantity {
     type Output = Quantity;
     fn sub(self, other: Quantity) -> Quantity {
-        Quantity { nanos: self.nanos.saturating_sub(other.nanos) }
+        Quantity {
+            nanos: self.nanos.saturating_sub(other.nanos),
+        }
     }
 }
 

@@ -72,18 +72,22 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
 
 /// Decodes one frame from the front of `buf`, returning it and the bytes consumed.
 pub fn decode(buf: &[u8]) -> Result<(Frame, usize), WireError> {
-    let header: [u8; 4] = buf
-        .get(..4)
-        .and_then(|h| h.try_into().ok())
-        .ok_or(WireError::Incomplete { needed: 4, have: buf.len() })?;
+    let header: [u8; 4] =
+        buf.get(..4)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(WireError::Incomplete {
+                needed: 4,
+                have: buf.len(),
+            })?;
     let len = u32::from_be_bytes(header);
     if len > MAX_FRAME_LEN {
         return Err(WireError::TooLarge(u64::from(len)));
     }
     let end = 4 + len as usize;
-    let body = buf
-        .get(4..end)
-        .ok_or(WireError::Incomplete { needed: end, have: buf.len() })?;
+    let body = buf.get(4..end).ok_or(WireError::Incomplete {
+        needed: end,
+        have: buf.len(),
+    })?;
     let frame = postcard::from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
     Ok((frame, end))
 }
@@ -93,7 +97,9 @@ pub fn check_hello(hello: &Hello) -> Result<(), WireError> {
     if hello.protocol_version == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(WireError::Version { peer: hello.protocol_version })
+        Err(WireError::Version {
+            peer: hello.protocol_version,
+        })
     }
 }
 
@@ -116,9 +122,18 @@ mod tests {
             hello(),
             Frame::Ping(u64::MAX),
             Frame::Pong(7),
-            Frame::StreamData { stream: 3, data: vec![0, 255, 10] },
-            Frame::StreamCredit { stream: u32::MAX, bytes: 65536 },
-            Frame::StreamClose { stream: 1, error: "exit status 2".into() },
+            Frame::StreamData {
+                stream: 3,
+                data: vec![0, 255, 10],
+            },
+            Frame::StreamCredit {
+                stream: u32::MAX,
+                bytes: 65536,
+            },
+            Frame::StreamClose {
+                stream: 1,
+                error: "exit status 2".into(),
+            },
         ];
         for frame in frames {
             let bytes = encode(&frame).unwrap();
@@ -129,7 +144,11 @@ mod tests {
     /// The exact bytes are part of the protocol: the same on 32- and 64-bit boards.
     #[test]
     fn encoding_is_identical_on_every_architecture() {
-        let bytes = encode(&Frame::StreamCredit { stream: 300, bytes: 1 }).unwrap();
+        let bytes = encode(&Frame::StreamCredit {
+            stream: 300,
+            bytes: 1,
+        })
+        .unwrap();
         assert_eq!(bytes, [0, 0, 0, 4, 4, 0xac, 0x02, 0x01]);
         let ping = encode(&Frame::Ping(u64::MAX)).unwrap();
         assert_eq!(ping.len(), 4 + 1 + 10, "u64 is a 10-byte varint everywhere");
@@ -147,22 +166,36 @@ mod tests {
     #[test]
     fn partial_and_oversized_frames_are_refused() {
         let bytes = encode(&hello()).unwrap();
-        assert!(matches!(decode(&bytes[..2]), Err(WireError::Incomplete { .. })));
+        assert!(matches!(
+            decode(&bytes[..2]),
+            Err(WireError::Incomplete { .. })
+        ));
         assert!(matches!(
             decode(&bytes[..bytes.len() - 1]),
             Err(WireError::Incomplete { .. })
         ));
         let huge = (MAX_FRAME_LEN + 1).to_be_bytes();
-        assert_eq!(decode(&huge), Err(WireError::TooLarge(u64::from(MAX_FRAME_LEN) + 1)));
-        assert!(matches!(decode(&[0, 0, 0, 1, 200]), Err(WireError::Decode(_))));
+        assert_eq!(
+            decode(&huge),
+            Err(WireError::TooLarge(u64::from(MAX_FRAME_LEN) + 1))
+        );
+        assert!(matches!(
+            decode(&[0, 0, 0, 1, 200]),
+            Err(WireError::Decode(_))
+        ));
     }
 
     #[test]
     fn a_peer_with_another_protocol_version_is_refused() {
-        let Frame::Hello(mut peer) = hello() else { unreachable!() };
+        let Frame::Hello(mut peer) = hello() else {
+            unreachable!()
+        };
         assert_eq!(check_hello(&peer), Ok(()));
         peer.protocol_version = 2;
         let err = check_hello(&peer).unwrap_err();
-        assert_eq!(err.to_string(), "peer speaks agent-link protocol 2, this build speaks 1");
+        assert_eq!(
+            err.to_string(),
+            "peer speaks agent-link protocol 2, this build speaks 1"
+        );
     }
 }
