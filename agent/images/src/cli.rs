@@ -29,7 +29,7 @@ pub struct ImageArgs {
     #[arg(long, global = true)]
     pub registries: Option<PathBuf>,
     /// No progress output.
-    #[arg(long, short, global = true)]
+    #[arg(long, global = true)]
     pub quiet: bool,
     #[command(subcommand)]
     command: Command,
