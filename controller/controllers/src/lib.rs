@@ -15,6 +15,7 @@
 //! - [`actions`], [`pods`], [`hash`], [`intstr`]: shared vocabulary and helpers.
 
 pub mod actions;
+pub mod allocators;
 pub mod deployment;
 pub mod hash;
 pub mod intstr;
