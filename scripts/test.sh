@@ -51,24 +51,24 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "build the binaries the end-to-end tests start"
-cargo build --workspace --locked
+cargo build --workspace
 
 step "unit and end-to-end tests"
 # As root the end-to-end tests must run, never skip.
 export FLOTILLA_E2E=1
-cargo test --workspace --locked
+cargo test --workspace
 
 for target in "${CROSS_TARGETS[@]}"; do
     step "cross build for $target"
-    cargo build --locked --target "$target" -p flotilla-agent -p flotilla-controller
+    cargo build --target "$target" -p flotilla-agent -p flotilla-controller
     for bin in flotilla-agent flotilla-controller; do
-        cargo run -q --locked --target "$target" --bin "$bin" -- --version
+        cargo run -q --target "$target" --bin "$bin" -- --version
     done
     step "shared crate tests under qemu-user for $target"
-    cargo test --locked --target "$target" -p flotilla-shared
+    cargo test --target "$target" -p flotilla-shared
 done
 
 step "all green in $((SECONDS - started)) s"
