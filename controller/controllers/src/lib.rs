@@ -17,6 +17,7 @@
 pub mod actions;
 pub mod allocators;
 pub mod deployment;
+pub mod endpoints;
 pub mod hash;
 pub mod intstr;
 pub mod node_lifecycle;
