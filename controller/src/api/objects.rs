@@ -206,6 +206,16 @@ pub fn decode_body(call: &Call) -> ApiResult<Value> {
     if call.body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
+    if call.content_type.contains("protobuf") || call.content_type.contains("cbor") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {})",
+                call.content_type
+            ),
+        ));
+    }
     if call.content_type.contains("yaml") {
         serde_yaml_ng::from_slice(&call.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))

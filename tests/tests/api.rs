@@ -1,0 +1,608 @@
+//! End-to-end tests of the Kubernetes API server: the real `flotilla-controller serve`
+//! on loopback, driven by the real `kubectl` and the Python `kubernetes` client.
+//! They need no root, so they always run (never skipped).
+
+use flotilla_tests::process::Process;
+use serde_json::Value;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A controller on 127.0.0.1 with its own data directory.
+struct Controller {
+    proc: Process,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Controller {
+    fn start() -> Controller {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = flotilla_tests::free_port();
+        let proc = spawn_controller(dir.path(), port);
+        let mut c = Controller { proc, dir, port };
+        c.wait_ready();
+        c
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn wait_ready(&mut self) {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        self.proc
+            .wait_for_tcp(addr, Duration::from_secs(20))
+            .expect("controller listens");
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.data().join("admin.kubeconfig")
+    }
+
+    fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .expect("kubectl runs (is /usr/bin/kubectl installed?)");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// kubectl as admin; panics (with output) unless it succeeds.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_in(args, None)
+    }
+
+    fn ok_in(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_as(&self.kubeconfig(), args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}\n{}\ncontroller log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.proc.output()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kubectl as admin; panics unless it fails; returns stderr.
+    fn fails_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_as(kubeconfig, args, stdin);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("kubectl prints JSON")
+    }
+}
+
+fn spawn_controller(dir: &Path, port: u16) -> Process {
+    let mut cmd = Command::new(flotilla_tests::bin("flotilla-controller"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
+    Process::spawn(cmd).named("flotilla-controller")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+data:
+  greeting: hello
+  color: blue
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-secret
+  namespace: shop
+stringData:
+  password: s3cret
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        command: ["httpd", "-f"]
+        ports:
+        - containerPort: 80
+        env:
+        - name: GREETING
+          valueFrom:
+            configMapKeyRef: {name: web-config, key: greeting}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+"#;
+
+#[test]
+fn kubectl_apply_read_change_watch_delete() {
+    let c = Controller::start();
+    let file = c.dir.path().join("app.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let f = file.to_str().unwrap();
+    let out = c.ok(&["apply", "-f", f]);
+    for line in [
+        "namespace/shop created",
+        "configmap/web-config created",
+        "secret/web-secret created",
+        "deployment.apps/web created",
+        "service/web created",
+    ] {
+        assert!(out.contains(line), "apply output lacks {line:?}:\n{out}");
+    }
+
+    // Read back: defaults filled in, server-side fields set.
+    let yaml = c.ok(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"]);
+    assert!(yaml.contains("imagePullPolicy: IfNotPresent"), "{yaml}");
+    assert!(yaml.contains("type: RollingUpdate"), "{yaml}");
+    let dep = c.json(&["get", "deployment", "web", "-n", "shop"]);
+    assert_eq!(dep["metadata"]["generation"], 1);
+    assert!(dep["metadata"]["uid"].as_str().unwrap().len() == 36);
+    let secret = c.json(&["get", "secret", "web-secret", "-n", "shop"]);
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+    let svc = c.json(&["get", "service", "web", "-n", "shop"]);
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.43.")
+    );
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+
+    // Server-side printing with kubectl's columns.
+    let table = c.ok(&["get", "deployments", "-n", "shop"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("READY") && table.contains("UP-TO-DATE") && table.contains("AVAILABLE"),
+        "{table}"
+    );
+    let table = c.ok(&["get", "services", "-n", "shop"]);
+    assert!(
+        table.contains("CLUSTER-IP") && table.contains("80/TCP"),
+        "{table}"
+    );
+
+    // A watcher sees the change.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args([
+            "get",
+            "configmap",
+            "web-config",
+            "-n",
+            "shop",
+            "-w",
+            "-o",
+            "jsonpath={.data.color}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Change and re-apply: a field removed from the manifest disappears.
+    let changed = MANIFEST
+        .replace("  color: blue\n", "  color: green\n  size: big\n")
+        .replace("replicas: 2", "replicas: 3")
+        .replace(
+            "        env:\n        - name: GREETING\n          valueFrom:\n            configMapKeyRef: {name: web-config, key: greeting}\n",
+            "",
+        );
+    std::fs::write(&file, &changed).unwrap();
+    let out = c.ok(&["apply", "-f", f]);
+    assert!(out.contains("configmap/web-config configured"), "{out}");
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let dep2 = c.json(&["get", "deployment", "web", "-n", "shop"]);
+    assert_eq!(dep2["spec"]["replicas"], 3);
+    assert!(
+        dep2["spec"]["template"]["spec"]["containers"][0]
+            .get("env")
+            .is_none(),
+        "env removed: {dep2}"
+    );
+    assert_eq!(dep2["metadata"]["generation"], 2);
+    let rv1: u64 = dep["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rv2: u64 = dep2["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rv2 > rv1);
+
+    let removal = changed.replace("  size: big\n", "");
+    std::fs::write(&file, &removal).unwrap();
+    c.ok(&["apply", "-f", f]);
+    let cm = c.json(&["get", "configmap", "web-config", "-n", "shop"]);
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"greeting": "hello", "color": "green"})
+    );
+
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = watch.wait();
+    let mut seen = String::new();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut seen)
+        .unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.first(), Some(&"blue"), "watch output: {seen:?}");
+    assert!(lines.contains(&"green"), "watch saw the change: {seen:?}");
+
+    // Scale, label, annotate.
+    c.ok(&["scale", "deployment/web", "-n", "shop", "--replicas=5"]);
+    c.ok(&[
+        "label",
+        "configmap",
+        "web-config",
+        "-n",
+        "shop",
+        "tier=front",
+    ]);
+    c.ok(&[
+        "annotate",
+        "configmap",
+        "web-config",
+        "-n",
+        "shop",
+        "note=hi",
+    ]);
+    let cm = c.json(&["get", "configmap", "web-config", "-n", "shop"]);
+    assert_eq!(cm["metadata"]["labels"]["tier"], "front");
+    assert_eq!(cm["metadata"]["annotations"]["note"], "hi");
+    assert_eq!(
+        c.json(&["get", "deployment", "web", "-n", "shop"])["spec"]["replicas"],
+        5
+    );
+    let selected = c.ok(&[
+        "get",
+        "configmaps",
+        "-n",
+        "shop",
+        "-l",
+        "tier=front",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(selected.trim(), "configmap/web-config");
+    let described = c.ok(&["describe", "deployment", "web", "-n", "shop"]);
+    assert!(described.contains("5 desired"), "{described}");
+    let explained = c.ok(&["explain", "deployment.spec"]);
+    assert!(explained.contains("replicas"), "{explained}");
+
+    // Delete everything the manifest made; the namespace goes away with its contents.
+    let out = c.ok(&["delete", "-f", f, "--wait=false"]);
+    assert!(out.contains("deployment.apps \"web\" deleted"), "{out}");
+    wait_until(
+        "namespace shop to be removed",
+        Duration::from_secs(20),
+        || {
+            !c.kubectl_as(&c.kubeconfig(), &["get", "namespace", "shop"], None)
+                .status
+                .success()
+        },
+    );
+    let left = c.ok(&["get", "configmaps", "-A", "-o", "name"]);
+    assert!(!left.contains("web-config"), "{left}");
+}
+
+#[test]
+fn stale_updates_conflict_and_bad_manifests_get_field_errors() {
+    let c = Controller::start();
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c1\n  namespace: default\ndata:\n  a: '1'\n"),
+    );
+    let cm = c.json(&["get", "configmap", "c1"]);
+    let mut first = cm.clone();
+    first["data"]["a"] = "2".into();
+    let mut second = cm.clone();
+    second["data"]["a"] = "3".into();
+    c.ok_in(&["replace", "-f", "-"], Some(&first.to_string()));
+    let err = c.fails_as(
+        &c.kubeconfig(),
+        &["replace", "-f", "-"],
+        Some(&second.to_string()),
+    );
+    assert!(
+        err.contains("Conflict") || err.contains("the object has been modified"),
+        "{err}"
+    );
+    assert_eq!(c.json(&["get", "configmap", "c1"])["data"]["a"], "2");
+
+    let no_image = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\nspec:\n  selector:\n    matchLabels: {app: bad}\n  template:\n    metadata:\n      labels: {app: bad}\n    spec:\n      containers:\n      - name: c\n";
+    let err = c.fails_as(&c.kubeconfig(), &["apply", "-f", "-"], Some(no_image));
+    assert!(
+        err.contains("spec.template.spec.containers[0].image: Required value"),
+        "{err}"
+    );
+
+    let unknown =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c2\ndata: {a: b}\nbogus: 1\n";
+    let err = c.fails_as(&c.kubeconfig(), &["apply", "-f", "-"], Some(unknown));
+    assert!(err.contains("unknown field \"bogus\""), "{err}");
+
+    let mismatch = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad2\nspec:\n  selector:\n    matchLabels: {app: a}\n  template:\n    metadata:\n      labels: {app: b}\n    spec:\n      containers:\n      - {name: c, image: x}\n";
+    let err = c.fails_as(&c.kubeconfig(), &["apply", "-f", "-"], Some(mismatch));
+    assert!(
+        err.contains("spec.template.metadata.labels") && err.contains("does not match"),
+        "{err}"
+    );
+
+    let no_ns = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c3\n  namespace: nowhere\n";
+    let err = c.fails_as(&c.kubeconfig(), &["apply", "-f", "-"], Some(no_ns));
+    assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+    assert!(
+        !c.kubectl_as(&c.kubeconfig(), &["get", "deployment", "bad"], None)
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn viewer_reads_only_and_nodes_see_only_what_their_pods_use() {
+    let c = Controller::start();
+    let viewer = c.data().join("viewer.kubeconfig");
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some(concat!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: used, namespace: default}\nstringData: {k: v}\n---\n",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: unused, namespace: default}\nstringData: {k: v}\n---\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: default}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: busybox\n    env:\n    - name: K\n      valueFrom: {secretKeyRef: {name: used, key: k}}\n",
+        )),
+    );
+    // Viewer: reads, cannot write, cannot read secrets.
+    let out = c.kubectl_as(&viewer, &["get", "pods"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = c.fails_as(
+        &viewer,
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: v, namespace: default}\n"),
+    );
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
+    let err = c.fails_as(&viewer, &["delete", "pod", "p"], None);
+    assert!(err.contains("forbidden"), "{err}");
+
+    // A node credential from the CA.
+    let node_cfg = c.dir.path().join("n1.kubeconfig");
+    let status = Command::new(flotilla_tests::bin("flotilla-controller"))
+        .args(["node-credential", "--name", "n1", "--server"])
+        .arg(format!("https://127.0.0.1:{}", c.port))
+        .arg("--data-dir")
+        .arg(c.data())
+        .arg("--out")
+        .arg(&node_cfg)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = c.kubectl_as(&node_cfg, &["get", "secret", "used", "-o", "name"], None);
+    assert!(
+        out.status.success(),
+        "node reads a secret its pod uses: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = c.fails_as(&node_cfg, &["get", "secret", "unused"], None);
+    assert!(
+        err.contains("forbidden") && err.contains("system:node:n1"),
+        "{err}"
+    );
+    let err = c.fails_as(&node_cfg, &["get", "pods", "-A"], None);
+    assert!(err.contains("forbidden"), "{err}");
+    let mine = c.kubectl_as(
+        &node_cfg,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=n1",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(
+        mine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mine.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&mine.stdout).trim(), "pod/p");
+
+    // No credential at all: 401.
+    let anon = c.dir.path().join("anon.kubeconfig");
+    let text = std::fs::read_to_string(&viewer).unwrap();
+    let token_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("token:"))
+        .unwrap();
+    std::fs::write(&anon, text.replace(token_line, "    token: wrong")).unwrap();
+    let err = c.fails_as(&anon, &["get", "pods"], None);
+    assert!(
+        err.contains("Unauthorized") || err.contains("credentials"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kill_9_after_apply_loses_nothing() {
+    let mut c = Controller::start();
+    let mut manifest = String::new();
+    for i in 0..20 {
+        manifest.push_str(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm{i}, namespace: default}}\ndata: {{num: '{i}'}}\n---\n"
+        ));
+    }
+    c.ok_in(&["apply", "-f", "-"], Some(&manifest));
+    // SIGKILL right after the successful reply: no chance to flush anything.
+    c.proc.kill();
+    c.proc = spawn_controller(c.dir.path(), c.port);
+    c.wait_ready();
+    let list = c.json(&["get", "configmaps", "-n", "default"]);
+    let items = list["items"].as_array().unwrap();
+    let mut max_rv = 0u64;
+    for i in 0..20 {
+        let cm = items
+            .iter()
+            .find(|x| x["metadata"]["name"] == format!("cm{i}"))
+            .unwrap_or_else(|| panic!("cm{i} survived the crash"));
+        assert_eq!(cm["data"]["num"], i.to_string());
+        max_rv = max_rv.max(
+            cm["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    c.ok(&["label", "configmap", "cm0", "after=restart"]);
+    let rv: u64 = c.json(&["get", "configmap", "cm0"])["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        rv > max_rv,
+        "resourceVersions keep increasing: {rv} > {max_rv}"
+    );
+}
+
+#[test]
+fn python_kubernetes_client_lists_watches_and_creates() {
+    let c = Controller::start();
+    let script = c.dir.path().join("client.py");
+    std::fs::write(&script, PYTHON_CLIENT).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(c.kubeconfig())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed (needs `pip install kubernetes`):\n{stdout}\n{stderr}\ncontroller log:\n{}",
+        c.proc.output()
+    );
+    assert!(
+        stdout.contains("namespaces: default,kube-node-lease,kube-public,kube-system"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("created py-cm"), "{stdout}");
+    assert!(stdout.contains("watched ADDED py-cm"), "{stdout}");
+    assert!(stdout.contains("watched MODIFIED py-cm"), "{stdout}");
+    assert_eq!(
+        c.json(&["get", "configmap", "py-cm"])["data"]["from"],
+        "python-updated"
+    );
+}
+
+const PYTHON_CLIENT: &str = r#"
+import sys, threading, time
+from kubernetes import client, config, watch
+
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+names = sorted(ns.metadata.name for ns in v1.list_namespace().items)
+print("namespaces: " + ",".join(names), flush=True)
+rv = v1.list_namespaced_config_map("default").metadata.resource_version
+
+seen = []
+def watcher():
+    w = watch.Watch()
+    for ev in w.stream(v1.list_namespaced_config_map, "default", resource_version=rv, timeout_seconds=10):
+        seen.append((ev["type"], ev["object"].metadata.name))
+        if len(seen) >= 2:
+            w.stop()
+t = threading.Thread(target=watcher)
+t.start()
+time.sleep(0.5)
+body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py-cm"), data={"from": "python"})
+created = v1.create_namespaced_config_map("default", body)
+print("created " + created.metadata.name, flush=True)
+v1.patch_namespaced_config_map("py-cm", "default", {"data": {"from": "python-updated"}})
+t.join(15)
+for kind, name in seen:
+    print("watched %s %s" % (kind, name), flush=True)
+"#;
