@@ -26,7 +26,7 @@ fi
 command -v cc >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null; }
 
 say "build release binaries"
-cargo build --release --locked -p flotilla-controller -p flotilla-agent
+cargo build --release -p flotilla-controller -p flotilla-agent
 install -m 0755 target/release/flotilla-controller target/release/flotilla-agent /usr/local/bin/
 ls -l /usr/local/bin/flotilla-controller /usr/local/bin/flotilla-agent
 flotilla-controller --version
