@@ -20,6 +20,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod hash;
 pub mod intstr;
+pub mod job;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
