@@ -16,6 +16,7 @@
 
 pub mod actions;
 pub mod allocators;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod hash;
