@@ -467,3 +467,124 @@ fn status_error(status: u16, url: &str, resp: Response<Body>) -> anyhow::Error {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The bearer-token flow against a minimal in-process HTTP server playing a
+    //! Docker Hub-style registry and its token service.
+
+    use super::*;
+    use crate::registries::Auth;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    const MANIFEST: &[u8] = br#"{"schemaVersion":2}"#;
+
+    /// Serves until the test ends; returns its address and the request heads seen.
+    fn token_registry() -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, s) = (addr.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut head = String::new();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                s.lock().unwrap().push(head.clone());
+                let lower = head.to_ascii_lowercase();
+                let (status, extra, body): (&str, String, Vec<u8>) = if head
+                    .starts_with("GET /token?")
+                {
+                    // base64("fleet:s3cret")
+                    if lower.contains("authorization: basic zmxlzxq6cznjcmv0") {
+                        ("200 OK", String::new(), br#"{"token":"tok123"}"#.to_vec())
+                    } else {
+                        ("401 Unauthorized", String::new(), Vec::new())
+                    }
+                } else if lower.contains("authorization: bearer tok123") {
+                    let d = Digest::of(MANIFEST);
+                    (
+                        "200 OK",
+                        format!(
+                            "Content-Type: {}\r\nDocker-Content-Digest: {d}\r\n",
+                            crate::manifest::OCI_MANIFEST
+                        ),
+                        MANIFEST.to_vec(),
+                    )
+                } else {
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://{a}/token\",service=\"fake\",scope=\"repository:team/app:pull\"\r\n"
+                    );
+                    ("401 Unauthorized", challenge, Vec::new())
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        (addr, seen)
+    }
+
+    fn client(addr: &str, auth: Option<Auth>) -> RegistryClient {
+        let endpoint = Endpoint {
+            base: format!("http://{addr}"),
+            host: addr.to_string(),
+            auth,
+            insecure: false,
+            mirror: false,
+        };
+        RegistryClient::new(endpoint, "team/app", ClientOptions::default())
+    }
+
+    #[test]
+    fn bearer_token_flow_with_credentials() {
+        let (addr, seen) = token_registry();
+        let auth = Auth {
+            username: "fleet".into(),
+            password: "s3cret".into(),
+        };
+        let c = client(&addr, Some(auth));
+        let (body, digest, ctype) = c.manifest("v1", &crate::progress::silent).unwrap();
+        assert_eq!(body, MANIFEST);
+        assert_eq!(digest, Digest::of(MANIFEST));
+        assert_eq!(ctype.as_deref(), Some(crate::manifest::OCI_MANIFEST));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[1].starts_with("GET /token?service=fake&scope=repository%3Ateam%2Fapp%3Apull "),
+            "{}",
+            seen[1]
+        );
+        // The token is reused for the next request without another round trip.
+        drop(seen);
+        c.manifest("v1", &crate::progress::silent).unwrap();
+    }
+
+    #[test]
+    fn bearer_token_flow_with_wrong_credentials_is_a_clear_error() {
+        let (addr, _) = token_registry();
+        let auth = Auth {
+            username: "fleet".into(),
+            password: "wrong".into(),
+        };
+        let err = client(&addr, Some(auth))
+            .manifest("v1", &crate::progress::silent)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("refused the credentials"),
+            "{err:#}"
+        );
+    }
+}

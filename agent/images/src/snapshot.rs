@@ -280,3 +280,66 @@ fn remove_any(path: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
         Some(_) => Ok(fs::remove_file(path)?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unpack::tests::TarMaker;
+    use crate::unpack::unpack_layer;
+
+    fn layer(root: &Path, name: &str, tar: Vec<u8>) -> PathBuf {
+        let dir = root.join(name);
+        fs::create_dir(&dir).unwrap();
+        unpack_layer(&tar[..], &dir, None).unwrap();
+        dir
+    }
+
+    #[test]
+    fn copy_applies_whiteouts_and_opaque_dirs() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: overlay whiteouts need root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = layer(
+            tmp.path(),
+            "base",
+            TarMaker::new()
+                .file("etc/motd", b"hello")
+                .file("etc/keep", b"kept")
+                .file("var/cache/a", b"a")
+                .symlink("lib", "usr/lib")
+                .finish(),
+        );
+        let top = layer(
+            tmp.path(),
+            "top",
+            TarMaker::new()
+                .file("etc/.wh.motd", b"")
+                .file("var/cache/.wh..wh..opq", b"")
+                .file("var/cache/b", b"b")
+                .dir("lib/")
+                .file("lib/real", b"dir now")
+                .finish(),
+        );
+        let dest = tmp.path().join("rootfs");
+        fs::create_dir(&dest).unwrap();
+        apply_layer_copy(&base, &dest).unwrap();
+        apply_layer_copy(&top, &dest).unwrap();
+        assert!(!dest.join("etc/motd").exists());
+        assert_eq!(fs::read(dest.join("etc/keep")).unwrap(), b"kept");
+        assert!(!dest.join("var/cache/a").exists());
+        assert_eq!(fs::read(dest.join("var/cache/b")).unwrap(), b"b");
+        // A directory replaces the symlink instead of writing through it.
+        assert!(fs::symlink_metadata(dest.join("lib")).unwrap().is_dir());
+        assert_eq!(fs::read(dest.join("lib/real")).unwrap(), b"dir now");
+    }
+
+    #[test]
+    fn container_ids_are_checked() {
+        for bad in ["", ".", "..", "a/b", "x y", &"a".repeat(129)] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+        check_id("pod-1_c.2").unwrap();
+    }
+}

@@ -148,6 +148,20 @@ fn gzip_layers_are_decompressed() {
 }
 
 #[test]
+fn zstd_layers_are_decompressed() {
+    let tar = TarMaker::new().file("z", b"zstd data").finish();
+    let zst =
+        ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+    assert_eq!(sniff(&zst), Compression::Zstd);
+    let (dir, r) = unpack(&zst);
+    assert_eq!(r.unwrap().0, Digest::of(&tar));
+    assert_eq!(
+        std::fs::read(dir.path().join("layer/z")).unwrap(),
+        b"zstd data"
+    );
+}
+
+#[test]
 fn dot_dot_entry_is_refused() {
     let tar = TarMaker::new().file("../escaped", b"evil").finish();
     let (dir, r) = unpack(&tar);
