@@ -112,6 +112,15 @@ pub enum Action {
         /// The controller creating it, for the `SuccessfulCreate` event.
         owner: ObjectReference,
     },
+    /// Bind a pod to a node (the `binding` subresource).
+    BindPod {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The node.
+        node: String,
+    },
     /// Delete a pod.
     DeletePod {
         /// Its namespace.

@@ -10,6 +10,7 @@
 //! - [`daemonset`]: one pod per eligible node, rolling update;
 //! - [`job`]: completions, parallelism, backoff limit, deadline, TTL;
 //! - [`node_lifecycle`]: Ready from leases, unreachable taints, evictions;
+//! - [`scheduling`]: a scheduler decision as bind/condition actions and events;
 //! - [`endpoints`]: ready pod addresses behind each service;
 //! - [`allocators`]: ClusterIPs, NodePorts and per-node pod CIDRs;
 //! - [`actions`], [`pods`], [`hash`], [`intstr`]: shared vocabulary and helpers.
@@ -25,5 +26,6 @@ pub mod job;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
+pub mod scheduling;
 
 pub use actions::{Action, Event, EventType, Status};

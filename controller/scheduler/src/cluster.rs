@@ -79,6 +79,7 @@ pub struct Cluster {
     pods: HashMap<String, BoundPod>,
     owner_ids: HashMap<String, u32>,
     with_anti_affinity: BTreeSet<String>,
+    version: u64,
 }
 
 /// Why one node was filtered out.
@@ -213,6 +214,12 @@ impl Cluster {
         c
     }
 
+    /// A counter that moves on every change of nodes or pods: a pod found unschedulable
+    /// at one version is worth retrying once the version moved.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// How many nodes the scheduler knows.
     pub fn node_count(&self) -> usize {
         self.slots.iter().filter(|s| s.node.is_some()).count()
@@ -238,12 +245,14 @@ impl Cluster {
         };
         let i = self.slot(name);
         self.slots[i].node = Some(NodeView::of(node));
+        self.version += 1;
     }
 
     /// Forgets a node; pods still bound to it keep counting until they are removed.
     pub fn remove_node(&mut self, name: &str) {
         if let Some(&i) = self.index.get(name) {
             self.slots[i].node = None;
+            self.version += 1;
         }
     }
 
@@ -306,6 +315,7 @@ impl Cluster {
             self.with_anti_affinity.insert(key.clone());
         }
         self.pods.insert(key, bound);
+        self.version += 1;
     }
 
     /// Forgets a pod (deleted, finished or unbound).
@@ -315,6 +325,7 @@ impl Cluster {
             return;
         };
         self.with_anti_affinity.remove(&key);
+        self.version += 1;
         let usage = &mut self.slots[bound.slot].usage;
         usage.requested.sub(&bound.requests.resources);
         usage.nonzero_milli_cpu -= bound.requests.nonzero_milli_cpu;
@@ -528,25 +539,16 @@ impl Cluster {
         let least_allocated = (least(u.nonzero_milli_cpu + req.nonzero_milli_cpu, a.milli_cpu)
             + least(u.nonzero_memory + req.nonzero_memory, a.memory))
             / 2;
+        // Balanced allocation: 1 - the standard deviation of the cpu and memory
+        // fractions (for two resources, half their difference).
         let fraction = |requested: i64, capacity: i64| {
-            if capacity <= 0 {
-                None
-            } else {
-                Some((requested as f64 / capacity as f64).min(1.0))
-            }
+            (capacity > 0).then(|| (requested as f64 / capacity as f64).min(1.0))
         };
-        let fractions: Vec<f64> = [
-            fraction(u.requested.milli_cpu + req.resources.milli_cpu, a.milli_cpu),
-            fraction(u.requested.memory + req.resources.memory, a.memory),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let balanced = if fractions.len() < 2 {
-            MAX_SCORE
-        } else {
-            let std = (fractions[0] - fractions[1]).abs() / 2.0;
-            ((1.0 - std) * MAX_SCORE as f64) as i64
+        let cpu = fraction(u.requested.milli_cpu + req.resources.milli_cpu, a.milli_cpu);
+        let memory = fraction(u.requested.memory + req.resources.memory, a.memory);
+        let balanced = match (cpu, memory) {
+            (Some(c), Some(m)) => ((1.0 - (c - m).abs() / 2.0) * MAX_SCORE as f64) as i64,
+            _ => MAX_SCORE,
         };
         Candidate {
             slot: i,

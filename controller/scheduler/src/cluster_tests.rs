@@ -470,6 +470,36 @@ fn the_snapshot_function_matches_the_cluster() {
 }
 
 #[test]
+fn the_version_moves_on_every_change() {
+    let mut c = Cluster::new();
+    let v0 = c.version();
+    c.upsert_node(&n(node("a", "1", "1Gi")));
+    let v1 = c.version();
+    assert!(v1 > v0);
+    c.assume(&p(pod("x", "1", "1Gi")), "a");
+    let v2 = c.version();
+    assert!(v2 > v1);
+    c.remove_pod("default", "x");
+    assert!(c.version() > v2);
+    let v3 = c.version();
+    c.remove_pod("default", "not-there");
+    assert_eq!(c.version(), v3, "nothing changed");
+}
+
+#[test]
+fn balanced_allocation_prefers_even_use_of_cpu_and_memory() {
+    // Both nodes end up equally free overall; b ends up with cpu and memory in step.
+    let c = cluster(
+        vec![node("a", "4", "4Gi"), node("b", "4", "4Gi")],
+        vec![
+            on(pod("cpu-heavy", "2", "0"), "a"),
+            on(pod("even", "1", "1Gi"), "b"),
+        ],
+    );
+    assert_eq!(c.schedule(&p(pod("x", "1", "1Gi"))).unwrap(), "b");
+}
+
+#[test]
 fn removed_nodes_stop_counting() {
     let mut c = cluster(vec![node("a", "2", "2Gi"), node("b", "2", "2Gi")], vec![]);
     c.remove_node("a");
