@@ -27,6 +27,12 @@ pub enum StoreError {
     /// A record on disk does not decode.
     #[error("corrupt store record: {0}")]
     Corrupt(String),
+    /// The store file could not be opened or created.
+    #[error("cannot open store {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: Arc<redb::Error>,
+    },
     /// The database failed (I/O error, full disk, file in use, ...).
     #[error("database error: {0}")]
     Db(Arc<redb::Error>),

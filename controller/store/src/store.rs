@@ -134,6 +134,16 @@ impl Drop for Inner {
 impl Store {
     /// Opens the store at `path`, creating the file if absent.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
+        Store::open_inner(path, options).map_err(|e| match e {
+            StoreError::Db(source) => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    fn open_inner(path: &Path, options: StoreOptions) -> Result<Store> {
         let existed = path.exists();
         let mut db = Database::builder()
             .set_cache_size(options.cache_size)

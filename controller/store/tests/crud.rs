@@ -306,3 +306,16 @@ fn a_file_of_an_unknown_format_is_refused() {
     let err = Store::open(&path, StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("format 99"), "{err}");
 }
+
+#[test]
+fn open_errors_name_the_file() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("missing-dir").join("store.redb");
+    let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+
+    let junk = dir.path().join("junk.redb");
+    std::fs::write(&junk, vec![0x5a; 10_000]).unwrap();
+    let err = Store::open(&junk, StoreOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("junk.redb"), "{err}");
+}
