@@ -213,7 +213,8 @@ fn list_page_is_a_snapshot() {
 fn large_values_round_trip() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
-    let big: Vec<u8> = (0..3_000_000u32)
+    // 1.5 MB: the largest object Kubernetes accepts (etcd's default request limit).
+    let big: Vec<u8> = (0..1_500_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     let k = Key::new("configmaps", "default", "big");
