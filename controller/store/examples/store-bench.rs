@@ -206,7 +206,14 @@ fn main() {
     println!("file size:                      {:>8} KiB", size / 1024);
     drop(store);
     let start = Instant::now();
-    let mut store = Store::open(&path, options.clone()).unwrap();
+    let mut store = Store::open(
+        &path,
+        StoreOptions {
+            compact_file_on_open: true,
+            ..options.clone()
+        },
+    )
+    .unwrap();
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
         "reopen with file compaction:    {:>8.0} ms, file {} KiB, revision {}",

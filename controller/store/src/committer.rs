@@ -103,6 +103,7 @@ impl Committer {
         let outcome = (|| -> Result<(u64, u64), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
+            txn.set_quick_repair(self.options.quick_repair);
             let (revision, compacted) = {
                 let mut objects = txn.open_table(OBJECTS)?;
                 let mut log = txn.open_table(LOG)?;
@@ -160,6 +161,7 @@ impl Committer {
         let now = codec::now_millis();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(self.options.quick_repair);
         let compacted = {
             let mut log = txn.open_table(LOG)?;
             let mut meta = txn.open_table(META)?;
