@@ -2,7 +2,7 @@
 //!
 //! - One global revision counter: every successful write takes the next revision, which
 //!   the API serves as the object's `resourceVersion`. Revisions strictly increase, also
-//!   across restarts.
+//!   across restarts. A new store starts at revision 1; the first write takes 2.
 //! - Optimistic concurrency: updates and deletes may name the revision they expect and
 //!   fail with [`StoreError::Conflict`] when it is stale.
 //! - Durability: a write returns only after its transaction is fsync'd. Writes that wait

@@ -182,7 +182,16 @@ impl Store {
                     )));
                 }
             }
-            (get(&meta, META_REVISION)?, get(&meta, META_COMPACTED)?)
+            let (revision, compacted) = (get(&meta, META_REVISION)?, get(&meta, META_COMPACTED)?);
+            if revision == 0 {
+                // A new store starts at revision 1 (with nothing to replay), so no list ever
+                // reports revision 0, which `watch` takes to mean "from now".
+                meta.insert(META_REVISION, 1)?;
+                meta.insert(META_COMPACTED, 1)?;
+                (1, 1)
+            } else {
+                (revision, compacted)
+            }
         };
         txn.commit()?;
         let db = Arc::new(db);
@@ -388,7 +397,8 @@ impl Store {
     }
 
     /// Watches `resource` (in `namespace`, or all namespaces) for events with a revision
-    /// above `from`. `None` or `Some(0)`: only events from now on. Fails with `Gone` if
+    /// above `from`. `None` or `Some(0)`: only events from now on. To follow a list
+    /// without a gap, watch from the list's `revision` (never 0: a new store starts at 1). Fails with `Gone` if
     /// history after `from` has been compacted. See [`Watcher`] for when it ends.
     pub fn watch(
         &self,

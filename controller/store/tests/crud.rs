@@ -15,24 +15,24 @@ fn pod(ns: &str, name: &str) -> Key {
 fn create_get_update_delete() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
-    assert_eq!(store.revision(), 0);
+    assert_eq!(store.revision(), 1, "a new store starts at revision 1");
     let k = pod("default", "web");
     assert_eq!(store.get(&k).unwrap(), None);
 
     let r1 = store
         .create_blocking(k.clone(), b"{\"v\":1}".to_vec())
         .unwrap();
-    assert_eq!(r1, 1);
-    assert_eq!(store.revision(), 1);
+    assert_eq!(r1, 2);
+    assert_eq!(store.revision(), 2);
     let got = store.get(&k).unwrap().unwrap();
-    assert_eq!((got.revision, &got.value[..]), (1, &b"{\"v\":1}"[..]));
+    assert_eq!((got.revision, &got.value[..]), (2, &b"{\"v\":1}"[..]));
 
     assert!(matches!(
         store.create_blocking(k.clone(), b"{}".to_vec()),
         Err(StoreError::AlreadyExists)
     ));
     // A failed write takes no revision.
-    assert_eq!(store.revision(), 1);
+    assert_eq!(store.revision(), 2);
 
     let r2 = store
         .update_blocking(k.clone(), b"{\"v\":2}".to_vec(), Some(r1))
@@ -111,7 +111,7 @@ fn revisions_strictly_increase_across_reopen() {
         .create_blocking(pod("a", "p4"), b"y".to_vec())
         .unwrap();
     assert!(r > last, "revision {r} after reopen must exceed {last}");
-    assert_eq!(store.get(&pod("a", "p0")).unwrap().unwrap().revision, 1);
+    assert_eq!(store.get(&pod("a", "p0")).unwrap().unwrap().revision, 2);
 }
 
 #[test]
@@ -200,13 +200,13 @@ fn list_page_is_a_snapshot() {
             .unwrap();
     }
     let page = store.list("pods", None, None, Some(4)).unwrap();
-    assert_eq!(page.revision, 10);
+    assert_eq!(page.revision, 11);
     assert!(page.items.iter().all(|o| o.revision <= page.revision));
     store
         .create_blocking(pod("d", "p00"), b"x".to_vec())
         .unwrap();
     let page = store.list("pods", None, None, None).unwrap();
-    assert_eq!((page.revision, page.items.len()), (11, 11));
+    assert_eq!((page.revision, page.items.len()), (12, 11));
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn invalid_keys_are_refused_before_writing() {
         .create_blocking(Key::new("pods", "a\0b", "x"), b"x".to_vec())
         .unwrap_err();
     assert!(err.to_string().contains("NUL"), "{err}");
-    assert_eq!(store.revision(), 0);
+    assert_eq!(store.revision(), 1);
     assert!(store.list("", None, None, None).is_err());
 }
 
@@ -270,7 +270,7 @@ fn list_each_streams_pages_without_copying() {
     assert_eq!(seen, ["p04=v4", "p05=v5", "p06=v6", "p07=v7", "p08=v8"]);
     assert_eq!(
         (summary.count, summary.more, summary.revision),
-        (5, true, 12)
+        (5, true, 13)
     );
     assert_eq!(summary.last, Some(pod("d", "p08")));
 

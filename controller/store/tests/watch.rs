@@ -139,14 +139,15 @@ fn watch_from_a_future_revision_waits_for_it() {
     let dir = TempDir::new().unwrap();
     let store = open_with(&dir, StoreOptions::default());
     smol::block_on(async {
-        let mut w = store.watch("pods", None, Some(2)).unwrap();
+        // Revisions 2, 3 and 4 are coming; the watch wants what follows 3.
+        let mut w = store.watch("pods", None, Some(3)).unwrap();
         for i in 0..3 {
             store
                 .create(pod("a", &i.to_string()), b"".to_vec())
                 .await
                 .unwrap();
         }
-        assert_eq!(next(&mut w).await.object.revision, 3);
+        assert_eq!(next(&mut w).await.object.revision, 4);
         quiet(&mut w).await;
     });
 }
@@ -165,16 +166,16 @@ fn compacted_history_is_gone() {
             .unwrap();
     }
     let stats = store.stats();
-    assert_eq!(stats.revision, 20);
-    assert_eq!(stats.compacted, 15);
+    assert_eq!(stats.revision, 21);
+    assert_eq!(stats.compacted, 16);
     match store.watch("pods", None, Some(3)) {
-        Err(StoreError::Gone { oldest }) => assert_eq!(oldest, 15),
+        Err(StoreError::Gone { oldest }) => assert_eq!(oldest, 16),
         other => panic!("expected Gone, got {other:?}"),
     }
     // The window itself still replays.
-    let mut w = store.watch("pods", None, Some(15)).unwrap();
+    let mut w = store.watch("pods", None, Some(16)).unwrap();
     smol::block_on(async {
-        for rev in 16..=20 {
+        for rev in 17..=21 {
             assert_eq!(next(&mut w).await.object.revision, rev);
         }
     });
@@ -182,10 +183,10 @@ fn compacted_history_is_gone() {
     // The compaction mark is persisted.
     drop(store);
     let store = open_with(&dir, options);
-    assert_eq!(store.stats().compacted, 15);
+    assert_eq!(store.stats().compacted, 16);
     assert!(matches!(
-        store.watch("pods", None, Some(14)),
-        Err(StoreError::Gone { oldest: 15 })
+        store.watch("pods", None, Some(15)),
+        Err(StoreError::Gone { oldest: 16 })
     ));
 }
 
@@ -195,7 +196,7 @@ fn history_expires_by_age_while_idle() {
     let store = open_with(
         &dir,
         StoreOptions {
-            history_age: Duration::from_millis(200),
+            history_age: Duration::from_secs(2),
             compaction_interval: Duration::from_millis(50),
             ..StoreOptions::default()
         },
@@ -206,8 +207,8 @@ fn history_expires_by_age_while_idle() {
             .unwrap();
     }
     assert!(store.watch("pods", None, Some(1)).is_ok());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.stats().compacted < 3 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.stats().compacted < 4 {
         assert!(
             std::time::Instant::now() < deadline,
             "history never expired: {:?}",
@@ -217,14 +218,14 @@ fn history_expires_by_age_while_idle() {
     }
     assert!(matches!(
         store.watch("pods", None, Some(1)),
-        Err(StoreError::Gone { oldest: 3 })
+        Err(StoreError::Gone { oldest: 4 })
     ));
     // Watching from the current revision still works: nothing after it is missing.
-    let mut w = store.watch("pods", None, Some(3)).unwrap();
+    let mut w = store.watch("pods", None, Some(4)).unwrap();
     store
         .create_blocking(pod("a", "new"), b"".to_vec())
         .unwrap();
-    smol::block_on(async { assert_eq!(next(&mut w).await.object.revision, 4) });
+    smol::block_on(async { assert_eq!(next(&mut w).await.object.revision, 5) });
 }
 
 #[test]
@@ -260,7 +261,7 @@ fn hundred_watchers_each_see_every_event() {
         for w in writers {
             w.await;
         }
-        let expected: Vec<u64> = (1..=EVENTS).collect();
+        let expected: Vec<u64> = (2..=EVENTS + 1).collect();
         for t in tasks {
             assert_eq!(t.await, expected);
         }
@@ -284,18 +285,18 @@ fn a_lagging_watcher_is_cut_off_and_can_resume() {
             .unwrap();
     }
     smol::block_on(async {
-        let mut last = 0;
+        let mut last = 1;
         while let Some(e) = w.next().await {
             assert_eq!(e.object.revision, last + 1);
             last = e.object.revision;
         }
         assert!(
-            last < 30,
+            last < 31,
             "a watcher with a 10-event queue cannot hold 30 events"
         );
         // Resume from the last revision seen: the rest arrive, in order.
         let mut w = store.watch("pods", None, Some(last)).unwrap();
-        for rev in last + 1..=30 {
+        for rev in last + 1..=31 {
             assert_eq!(next(&mut w).await.object.revision, rev);
         }
     });
@@ -309,7 +310,7 @@ fn watches_end_when_the_store_closes() {
     store.create_blocking(pod("a", "x"), b"".to_vec()).unwrap();
     drop(store);
     smol::block_on(async {
-        assert_eq!(next(&mut w).await.object.revision, 1);
+        assert_eq!(next(&mut w).await.object.revision, 2);
         assert!(w.next().await.is_none());
     });
 }
@@ -338,7 +339,7 @@ fn a_replay_overtaken_by_compaction_ends_with_gone() {
         }
         assert!(last < 800, "replay read past the compaction point: {last}");
         assert!(
-            matches!(w.error(), Some(StoreError::Gone { oldest: 900 })),
+            matches!(w.error(), Some(StoreError::Gone { oldest: 901 })),
             "{:?}",
             w.error()
         );
@@ -383,4 +384,17 @@ fn watches_started_during_writes_have_no_gap_or_duplicate() {
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+}
+
+#[test]
+fn list_then_watch_from_its_revision_misses_nothing_even_on_a_new_store() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    let page = store.list("pods", None, None, None).unwrap();
+    assert!(page.items.is_empty());
+    assert_ne!(page.revision, 0, "0 would mean 'from now' to watch");
+    // A write lands between the list and the watch.
+    let rev = store.create_blocking(pod("a", "x"), b"".to_vec()).unwrap();
+    let mut w = store.watch("pods", None, Some(page.revision)).unwrap();
+    smol::block_on(async { assert_eq!(next(&mut w).await.object.revision, rev) });
 }
