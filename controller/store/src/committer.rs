@@ -130,12 +130,17 @@ impl Committer {
                 )?;
                 (revision, compacted)
             };
-            txn.commit()?;
+            if revision == self.revision && compacted == self.compacted {
+                // Every write failed its precondition: nothing to make durable.
+                txn.abort()?;
+            } else {
+                txn.commit()?;
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            }
             Ok((revision, compacted))
         })();
         match outcome {
             Ok((revision, compacted)) => {
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.revision = revision;
                 self.compacted = compacted;
                 self.counters.compacted.store(compacted, Ordering::Relaxed);

@@ -83,6 +83,15 @@ fn stale_revision_conflicts_and_changes_nothing() {
     let now = store.get(&k).unwrap().unwrap();
     assert_eq!((now.revision, &now.value[..]), (r2, &b"b"[..]));
     assert_eq!(store.revision(), r2);
+    // Failed writes cost no commit (no fsync).
+    let commits = store.stats().commits;
+    assert!(
+        store
+            .update_blocking(k.clone(), b"d".to_vec(), Some(r1))
+            .is_err()
+    );
+    assert!(store.create_blocking(k.clone(), b"d".to_vec()).is_err());
+    assert_eq!(store.stats().commits, commits);
 }
 
 #[test]
