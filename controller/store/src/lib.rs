@@ -6,7 +6,7 @@
 //! - Optimistic concurrency: updates and deletes may name the revision they expect and
 //!   fail with [`StoreError::Conflict`] when it is stale.
 //! - Durability: a write returns only after its transaction is fsync'd. Writes that wait
-//!   at the same time share one transaction (group commit), see [`committer`].
+//!   at the same time share one transaction (group commit) on one committer thread.
 //! - A change log drives [`Watcher`]s; history outside a retention window is compacted,
 //!   and watching from a compacted revision fails with [`StoreError::Gone`].
 //!
@@ -14,7 +14,7 @@
 //! expected revision, watch from a revision — so another backend (etcd) could serve it.
 
 mod codec;
-pub mod committer;
+mod committer;
 mod error;
 mod key;
 mod store;
