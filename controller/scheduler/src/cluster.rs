@@ -116,6 +116,7 @@ struct Incoming<'a> {
     requests: PodRequests,
     ports: Vec<HostPort>,
     tolerations: &'a [Toleration],
+    tolerates_cordon: bool,
     owner: Option<u32>,
     only_nodes: Option<BTreeSet<String>>,
     affinity: Option<AffinityCheck>,
@@ -457,6 +458,10 @@ impl Cluster {
             requests,
             ports: host_ports(spec),
             tolerations: spec.tolerations.as_deref().unwrap_or_default(),
+            tolerates_cordon: tolerated(
+                spec.tolerations.as_deref().unwrap_or_default(),
+                &taint(UNSCHEDULABLE, "NoSchedule"),
+            ),
             owner,
             only_nodes,
             affinity,
@@ -481,7 +486,7 @@ impl Cluster {
         {
             return Some(Failure::NotInPreFilter);
         }
-        if node.unschedulable && !tolerated(inc.tolerations, &taint(UNSCHEDULABLE, "NoSchedule")) {
+        if node.unschedulable && !inc.tolerates_cordon {
             return Some(Failure::Unschedulable);
         }
         if !node.taints.is_empty()
