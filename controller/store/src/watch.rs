@@ -133,8 +133,11 @@ struct Replay {
 /// `next` is cancel-safe: dropping its future (e.g. racing it against a timer) loses no
 /// event.
 pub struct Watcher {
+    registry: Arc<Registry>,
     prefix: Vec<u8>,
     from: u64,
+    /// Revision of the last event returned (`from` before the first).
+    last: u64,
     replay: Option<Replay>,
     live: Pin<Box<async_channel::Receiver<Arc<Event>>>>,
     failed: Option<StoreError>,
@@ -142,7 +145,7 @@ pub struct Watcher {
 
 impl Watcher {
     pub(crate) fn start(
-        registry: &Registry,
+        registry: &Arc<Registry>,
         db: &Arc<Database>,
         prefix: Vec<u8>,
         from: Option<u64>,
@@ -168,8 +171,10 @@ impl Watcher {
             });
         }
         Ok(Watcher {
+            registry: registry.clone(),
             prefix,
             from,
+            last: from,
             replay,
             live: Box::pin(live),
             failed: None,
@@ -179,6 +184,25 @@ impl Watcher {
     /// The next event, or `None` when the watch has ended (see the type's docs).
     pub async fn next(&mut self) -> Option<Event> {
         futures_lite::StreamExt::next(self).await
+    }
+
+    /// A revision up to which this watcher has returned every matching event: at least
+    /// the last event's revision, and the store's current revision when nothing is
+    /// pending. Safe to resume from and to send as a bookmark — unlike
+    /// [`Store::revision`](crate::Store::revision), which may run ahead of events still
+    /// queued here.
+    pub fn progress(&self) -> u64 {
+        if self.replay.is_some() || self.failed.is_some() {
+            return self.last;
+        }
+        // Under the registry lock no batch is half-published: an empty, open queue means
+        // every event up to the published revision has been returned.
+        let _slots = self.registry.slots.lock().unwrap();
+        if self.live.is_empty() && !self.live.is_closed() {
+            self.last.max(self.registry.revision())
+        } else {
+            self.last
+        }
     }
 
     /// Why the watch ended early, if it ended on an error during replay (for example
@@ -248,6 +272,7 @@ impl Stream for Watcher {
             }
             let replay = this.replay.as_mut().unwrap();
             if let Some(ev) = replay.buf.pop_front() {
+                this.last = ev.object.revision;
                 return Poll::Ready(Some(ev));
             }
             // Replay done: release the snapshot.
@@ -259,6 +284,7 @@ impl Stream for Watcher {
                     if ev.object.revision <= this.from {
                         continue; // the watch starts in the future
                     }
+                    this.last = ev.object.revision;
                     return Poll::Ready(Some(Arc::unwrap_or_clone(ev)));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),

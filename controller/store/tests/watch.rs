@@ -398,3 +398,45 @@ fn list_then_watch_from_its_revision_misses_nothing_even_on_a_new_store() {
     let mut w = store.watch("pods", None, Some(page.revision)).unwrap();
     smol::block_on(async { assert_eq!(next(&mut w).await.object.revision, rev) });
 }
+
+#[test]
+fn progress_advances_past_other_writes_but_not_past_pending_events() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    let mut w = store.watch("pods", Some("quiet"), None).unwrap();
+    let start = w.progress();
+    for i in 0..5 {
+        store
+            .create_blocking(pod("busy", &i.to_string()), b"".to_vec())
+            .unwrap();
+    }
+    // Nothing for this watcher happened: it may resume from the current revision.
+    assert_eq!(w.progress(), store.revision());
+    assert!(w.progress() > start);
+
+    let mine = store
+        .create_blocking(pod("quiet", "a"), b"".to_vec())
+        .unwrap();
+    store
+        .create_blocking(pod("busy", "x"), b"".to_vec())
+        .unwrap();
+    // An event is queued but not yet read: progress must stay before it.
+    assert!(
+        w.progress() < mine,
+        "progress {} passed a pending event {mine}",
+        w.progress()
+    );
+    smol::block_on(async {
+        assert_eq!(next(&mut w).await.object.revision, mine);
+    });
+    assert_eq!(w.progress(), store.revision());
+
+    // Resuming from progress misses nothing.
+    let resume = w.progress();
+    drop(w);
+    let later = store
+        .create_blocking(pod("quiet", "b"), b"".to_vec())
+        .unwrap();
+    let mut w = store.watch("pods", Some("quiet"), Some(resume)).unwrap();
+    smol::block_on(async { assert_eq!(next(&mut w).await.object.revision, later) });
+}
