@@ -117,6 +117,22 @@ fn main() {
     }
     println!("list {n} pods (median/15):    {:>8.2} ms", median(times));
 
+    // Streaming list: values borrowed from the snapshot, nothing collected.
+    let mut times = Vec::new();
+    for _ in 0..15 {
+        let start = Instant::now();
+        let mut bytes = 0;
+        store
+            .list_each("pods", Some("bench"), None, None, |o| {
+                bytes += o.value.len();
+                Ok(())
+            })
+            .unwrap();
+        assert!(bytes > 0);
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("list_each {n} pods (median/15):{:>8.2} ms", median(times));
+
     // Paged list: 500 per page.
     let mut times = Vec::new();
     for _ in 0..5 {

@@ -267,8 +267,12 @@ impl Store {
         limit: Option<usize>,
     ) -> Result<ListPage> {
         let mut items = Vec::new();
-        let summary = self.list_each(resource, namespace, after, limit, |o| {
-            items.push(o.to_object());
+        let summary = self.scan(resource, namespace, after, limit, |key, revision, value| {
+            items.push(Object {
+                key,
+                revision,
+                value: Bytes::copy_from_slice(value),
+            });
             Ok(())
         })?;
         Ok(ListPage {
@@ -289,6 +293,25 @@ impl Store {
         after: Option<&Key>,
         limit: Option<usize>,
         mut f: impl FnMut(ObjectRef<'_>) -> Result<()>,
+    ) -> Result<ListSummary> {
+        self.scan(resource, namespace, after, limit, |key, revision, value| {
+            f(ObjectRef {
+                key: &key,
+                revision,
+                value,
+            })
+        })
+    }
+
+    /// The one range read behind `list` and `list_each`: hands each object's key, revision
+    /// and borrowed value to `f`.
+    fn scan(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&Key>,
+        limit: Option<usize>,
+        mut f: impl FnMut(Key, u64, &[u8]) -> Result<()>,
     ) -> Result<ListSummary> {
         key::validate_resource(resource)?;
         if let Some(ns) = namespace {
@@ -336,16 +359,11 @@ impl Store {
             }
             let (k, record) = entry?;
             let (rev, value) = codec::decode_object(record.value())?;
-            let key = Key::decode(k.value())?;
-            f(ObjectRef {
-                key: &key,
-                revision: rev,
-                value,
-            })?;
+            f(Key::decode(k.value())?, rev, value)?;
             summary.count += 1;
-            last = Some(key);
+            last = Some(k);
         }
-        summary.last = last;
+        summary.last = last.map(|k| Key::decode(k.value())).transpose()?;
         Ok(summary)
     }
 
