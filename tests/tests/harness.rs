@@ -111,6 +111,19 @@ fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// `bin` finds the workspace binaries built next to this test (`cargo build --workspace`).
+#[test]
+fn bin_finds_the_built_binaries() {
+    flotilla_tests::require_root!();
+    for name in ["flotilla-agent", "flotilla-controller"] {
+        let out = run_stdout(Command::new(flotilla_tests::bin(name)).arg("--version")).unwrap();
+        assert!(out.starts_with(name), "{name} --version: {out}");
+    }
+    let missing = std::panic::catch_unwind(|| flotilla_tests::bin("no-such-binary"));
+    let message = *missing.unwrap_err().downcast::<String>().unwrap();
+    assert!(message.contains("cargo build --workspace"), "{message}");
+}
+
 /// The rootfs fixture is a working busybox system: a shell, applets, users.
 #[test]
 fn busybox_rootfs_runs_a_shell() {
