@@ -253,24 +253,20 @@ pub fn reconcile(
 
     if !deleting {
         sync_revision(&mut step);
-        if paused {
-            // A paused deployment does not roll; it only follows scaling, when one
-            // ReplicaSet (the active one, else the newest) holds all replicas.
-            let active: Vec<usize> = (0..step.all.len())
-                .filter(|i| spec_replicas(&step.all[*i]) > 0)
-                .collect();
-            let target = match active[..] {
-                [one] => Some(one),
-                [] => step
-                    .new
-                    .or_else(|| (0..step.all.len()).max_by_key(|i| revision(&step.all[*i]))),
-                _ => None,
-            };
-            if let Some(i) = target {
-                let desired = step.desired();
-                step.scale(i, desired, surge);
+        let desired = step.desired();
+        let scaling_event = step.all.iter().any(|rs| {
+            spec_replicas(rs) > 0
+                && annotation(&rs.metadata, DESIRED_REPLICAS)
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .is_some_and(|d| d != desired)
+        });
+        if paused || scaling_event {
+            // Paused: no rollout, only scaling. A scaling event mid-rollout spreads the
+            // change over the ReplicaSets in proportion, as upstream does.
+            scale(&mut step, surge, recreate);
+            if paused {
+                cleanup(&mut step);
             }
-            cleanup(&mut step);
         } else if recreate {
             rollout_recreate(&mut step, pods);
         } else {
@@ -390,6 +386,112 @@ fn create_new(step: &mut Step, replicas: i32, surge: i32) {
         "NewReplicaSetCreated",
         format!("Created new replica set \"{name}\""),
     ));
+}
+
+/// Upstream's `scale`: the one active ReplicaSet (else the newest) takes all replicas;
+/// a saturated new ReplicaSet retires the old ones; otherwise, for RollingUpdate, the
+/// difference to `replicas + maxSurge` is shared out in proportion to each ReplicaSet's
+/// size at its last scaling (`max-replicas` annotation), leftovers to the largest.
+fn scale(step: &mut Step, surge: i32, recreate: bool) {
+    let desired = step.desired();
+    let active: Vec<usize> = (0..step.all.len())
+        .filter(|i| spec_replicas(&step.all[*i]) > 0)
+        .collect();
+    let newest = || {
+        step.new.or_else(|| {
+            (0..step.all.len()).max_by_key(|i| {
+                (
+                    step.all[*i]
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0),
+                    revision(&step.all[*i]),
+                )
+            })
+        })
+    };
+    let only = match active[..] {
+        [one] => Some(one),
+        [] => newest(),
+        _ => None,
+    };
+    if let Some(i) = only {
+        step.scale(i, desired, surge);
+        return;
+    }
+    if let Some(n) = step.new {
+        let rs = &step.all[n];
+        let saturated = spec_replicas(rs) == desired
+            && annotation(&rs.metadata, DESIRED_REPLICAS) == Some(desired.to_string().as_str())
+            && status_of(rs).2 == desired;
+        if saturated {
+            for o in step.olds() {
+                if spec_replicas(&step.all[o]) > 0 {
+                    step.scale(o, 0, surge);
+                }
+            }
+            return;
+        }
+    }
+    if recreate {
+        return;
+    }
+    let allowed = if desired > 0 { desired + surge } else { 0 };
+    let current: i32 = active.iter().map(|i| spec_replicas(&step.all[*i])).sum();
+    let to_add = allowed - current;
+    let mut order = active.clone();
+    let created = |i: &usize| {
+        step.all[*i]
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+    };
+    order.sort_by(|a, b| {
+        let by_size = spec_replicas(&step.all[*b]).cmp(&spec_replicas(&step.all[*a]));
+        // Growing: ties go to the newer first; shrinking: to the older first.
+        let by_age = if to_add > 0 {
+            created(b).cmp(&created(a))
+        } else {
+            created(a).cmp(&created(b))
+        };
+        by_size.then(by_age)
+    });
+    let observed_total = step.d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let mut added = 0;
+    let mut sizes: Vec<(usize, i32)> = Vec::new();
+    for &i in &order {
+        let replicas = spec_replicas(&step.all[i]);
+        let mut proportion = 0;
+        if to_add != 0 && to_add != added && replicas != 0 {
+            let fraction = if desired == 0 {
+                -replicas
+            } else {
+                let annotated = annotation(&step.all[i].metadata, MAX_REPLICAS)
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(observed_total)
+                    .max(1);
+                ((f64::from(replicas) * f64::from(desired + surge)) / f64::from(annotated)).round()
+                    as i32
+                    - replicas
+            };
+            let left = to_add - added;
+            proportion = if to_add > 0 {
+                fraction.min(left)
+            } else {
+                fraction.max(left)
+            };
+        }
+        added += proportion;
+        sizes.push((i, replicas + proportion));
+    }
+    if let Some(first) = sizes.first_mut() {
+        first.1 = (first.1 + to_add - added).max(0);
+    }
+    for (i, size) in sizes {
+        step.scale(i, size, surge);
+    }
 }
 
 fn rollout_rolling(step: &mut Step, surge: i32, max_unavailable: i32) {

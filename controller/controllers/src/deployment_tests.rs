@@ -543,3 +543,81 @@ fn an_empty_selector_is_refused() {
     let actions = reconcile(&d, &[], &[], at("2026-01-01T00:00:00Z"));
     assert!(matches!(&actions[..], [Action::Event(e)] if e.reason == "SelectingAll"));
 }
+
+fn replica_set(
+    name: &str,
+    image: &str,
+    replicas: i32,
+    created: &str,
+    desired: i32,
+    max: i32,
+    revision: i64,
+) -> ReplicaSet {
+    from(json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "creationTimestamp": created,
+            "annotations": {REVISION: revision.to_string(), DESIRED_REPLICAS: desired.to_string(), MAX_REPLICAS: max.to_string()},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d-uid", "controller": true}]},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image}]}}},
+        "status": {"replicas": replicas, "availableReplicas": replicas}
+    }))
+}
+
+#[test]
+fn scaling_mid_rollout_is_shared_out_in_proportion() {
+    let d = deployment(20, "v2", json!({}));
+    let rss = vec![
+        replica_set("web-old", "v1", 8, "2026-01-01T00:00:00Z", 10, 13, 1),
+        replica_set("web-new", "v2", 5, "2026-01-01T00:01:00Z", 10, 13, 2),
+    ];
+    let actions = reconcile(&d, &rss, &[], at("2026-01-01T00:02:00Z"));
+    let sizes: BTreeMap<String, i32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::UpdateReplicaSet(rs) => {
+                Some((rs.metadata.name.clone().unwrap(), spec_replicas(rs)))
+            }
+            _ => None,
+        })
+        .collect();
+    // 20 + 25% surge = 25 allowed, 13 present: 12 more, split 7 / 5 by size.
+    assert_eq!(
+        sizes,
+        BTreeMap::from([("web-old".to_owned(), 15), ("web-new".to_owned(), 10)])
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::Event(e) if e.message == "Scaled up replica set web-old to 15 from 8")));
+}
+
+#[test]
+fn scaling_down_mid_rollout_takes_from_the_largest_first() {
+    let d = deployment(4, "v2", json!({}));
+    let rss = vec![
+        replica_set("web-old", "v1", 8, "2026-01-01T00:00:00Z", 10, 13, 1),
+        replica_set("web-new", "v2", 5, "2026-01-01T00:01:00Z", 10, 13, 2),
+    ];
+    let actions = reconcile(&d, &rss, &[], at("2026-01-01T00:02:00Z"));
+    let total: i32 = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::UpdateReplicaSet(rs) => Some(spec_replicas(rs)),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(total, 5, "4 + 1 surge");
+}
+
+#[test]
+fn a_rollout_interrupted_by_scaling_still_converges() {
+    let mut w = World::new(deployment(10, "v1", json!({})));
+    w.settle(0, 13);
+    w.set_image("v2");
+    w.round();
+    w.round();
+    w.d.spec.as_mut().unwrap().replicas = Some(20);
+    w.settle(0, 25);
+    assert_eq!(w.images(), vec!["v2"; 20]);
+    assert_eq!(
+        w.condition("Progressing"),
+        ("True".into(), "NewReplicaSetAvailable".into())
+    );
+}
