@@ -1,8 +1,9 @@
 //! Running helper tools (ip, skopeo, htpasswd, …) to completion with clear errors:
 //! a failure names the command line, its exit status and its stderr.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -16,38 +17,84 @@ pub fn describe(cmd: &Command) -> String {
     line
 }
 
+/// How long [`run`] and friends let a command take before killing it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs `cmd` to completion (stdin closed) and returns its output; fails, naming the
-/// command and quoting its stderr, when it cannot start or exits unsuccessfully.
+/// command and quoting its stderr, when it cannot start, exits unsuccessfully, or
+/// takes longer than [`DEFAULT_TIMEOUT`] (it is killed by PID then).
 pub fn run(cmd: &mut Command) -> Result<Output> {
+    run_timeout(cmd, DEFAULT_TIMEOUT)
+}
+
+/// [`run`] with a chosen timeout.
+pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let line = describe(cmd);
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{line}` (is it installed?)"))?;
-    check(&line, output)
+    check(&line, execute(cmd, None, timeout)?)
 }
 
 /// Like [`run`], with `input` written to the command's stdin (e.g. `kubectl apply -f -`).
 pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<Output> {
     let line = describe(cmd);
+    check(&line, execute(cmd, Some(input), DEFAULT_TIMEOUT)?)
+}
+
+/// Runs `cmd` to completion (stdin closed, at most `timeout`) and returns its output
+/// whatever its exit status: for tests that expect a command to fail.
+pub fn output(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    execute(cmd, None, timeout)
+}
+
+/// Runs `cmd` with stdout and stderr captured in unnamed temporary files rather than
+/// pipes, so a daemon it leaves behind holding them cannot make us wait forever; waits
+/// for the command itself only, at most `timeout`, then kills it by PID.
+fn execute(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+    let line = describe(cmd);
+    let mut out = tempfile::tempfile()?;
+    let mut err = tempfile::tempfile()?;
+    cmd.stdout(out.try_clone()?).stderr(err.try_clone()?);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start `{line}` (is it installed?)"))?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    // Write from another thread so a command that prints before reading cannot block;
-    // a command that exits without reading everything is judged by its exit status.
-    let output = std::thread::scope(|s| {
-        s.spawn(move || match stdin.write_all(input) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            other => other,
-        });
-        child.wait_with_output()
+    let stdin = child.stdin.take();
+    let status = std::thread::scope(|s| {
+        if let (Some(mut stdin), Some(input)) = (stdin, input) {
+            // A command that exits without reading everything is judged by its status.
+            s.spawn(move || {
+                let _ = stdin.write_all(input);
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("`{line}` did not finish within {timeout:?} and was killed");
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    })?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    out.seek(SeekFrom::Start(0))?;
+    out.read_to_end(&mut stdout)?;
+    err.seek(SeekFrom::Start(0))?;
+    err.read_to_end(&mut stderr)?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
     })
-    .with_context(|| format!("`{line}` failed to run"))?;
-    check(&line, output)
 }
 
 fn check(line: &str, output: Output) -> Result<Output> {
@@ -132,6 +179,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("exit status: 2"), "{err:#}");
+    }
+
+    #[test]
+    fn a_daemon_holding_the_output_does_not_block() {
+        let started = Instant::now();
+        let out = run(Command::new("sh").args(["-c", "sleep 5 & echo parent done"])).unwrap();
+        assert_eq!(out.stdout, b"parent done\n");
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_killed() {
+        let started = Instant::now();
+        let err =
+            run_timeout(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(format!("{err:#}").contains("did not finish"), "{err:#}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let failed = output(Command::new("sh").args(["-c", "exit 7"]), DEFAULT_TIMEOUT).unwrap();
+        assert_eq!(failed.status.code(), Some(7));
     }
 
     #[test]
