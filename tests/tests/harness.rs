@@ -285,6 +285,12 @@ fn nodes_on_a_lan_reach_each_other() {
             .to_string()
             .contains("prefix length")
     );
+    // A bad address leaves nothing half-done: no new interface, no new bridge port.
+    let err = a.attach(&lan, "10.99.0.300/24").unwrap_err();
+    assert!(format!("{err:#}").contains("10.99.0.300"), "{err:#}");
+    assert_eq!(lan.ports().unwrap().len(), 2);
+    let links = a.ip(&["-o", "link", "show"]).unwrap();
+    assert_eq!(links.lines().count(), 2, "{links}");
 }
 
 /// A TestCgroup exists in every hierarchy, and on drop it kills what it holds and
