@@ -101,7 +101,7 @@ impl TestCgroup {
         if all.is_empty() {
             bail!("no cgroup hierarchy is mounted");
         }
-        SWEEP.call_once(|| sweep_stale(&all));
+        SWEEP.call_once(sweep_stale);
         let mut cg = TestCgroup {
             name: naming::unique(label),
             dirs: Vec::new(),
@@ -274,9 +274,12 @@ fn remove_tree(dir: &Path, kill: bool) -> Result<()> {
     }
 }
 
-/// Removes empty test cgroups left by test processes that no longer exist.
-fn sweep_stale(all: &[Hierarchy]) {
-    for h in all {
+/// Removes test cgroups left, empty, by test processes that no longer exist (e.g.
+/// killed before their drops ran). Runs once per test process on the first
+/// [`TestCgroup::new`]. A leftover that still holds processes is kept: this run did
+/// not start them, so it does not kill them.
+pub fn sweep_stale() {
+    for h in hierarchies().unwrap_or_default() {
         let Ok(entries) = fs::read_dir(&h.mount) else {
             continue;
         };

@@ -65,8 +65,11 @@ impl Drop for Netns {
     }
 }
 
-/// Deletes namespaces named by the harness for test processes that no longer exist.
-fn sweep_stale() {
+/// Deletes network namespaces (and their /etc/netns files) that the harness named for
+/// test processes that no longer exist, e.g. killed before their drops ran. Runs
+/// once per test process on the first [`Node::new`] / [`Lan::new`]. Processes still
+/// inside such a namespace are not touched: this run did not start them.
+pub fn sweep_stale() {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
         return;
     };

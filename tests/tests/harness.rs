@@ -326,6 +326,41 @@ fn test_cgroup_is_removed_on_drop() {
     assert_eq!(status.signal(), Some(9));
 }
 
+/// Leftovers of a test process that died without cleaning up (its PID is gone) are
+/// swept: namespaces, /etc/netns files and empty cgroups; live ones are kept.
+#[test]
+fn leftovers_of_dead_test_processes_are_swept() {
+    flotilla_tests::require_root!();
+    // PIDs above the kernel's maximum never exist.
+    let stale = "flotilla-test-4294967294-0-sweep";
+    run(Command::new("ip").args(["netns", "add", stale])).unwrap();
+    std::fs::create_dir_all(Path::new("/etc/netns").join(stale)).unwrap();
+    let hierarchies = cgroup::hierarchies().unwrap();
+    for h in &hierarchies {
+        std::fs::create_dir_all(h.mount.join(stale).join("child")).unwrap();
+    }
+    let live = sandbox::Node::new("sweep-live");
+    let live_cg = cgroup::TestCgroup::new("sweep-live");
+
+    sandbox::sweep_stale();
+    cgroup::sweep_stale();
+
+    assert!(
+        !netns_names().iter().any(|n| n == stale),
+        "stale netns kept"
+    );
+    assert!(!Path::new("/etc/netns").join(stale).exists());
+    for h in &hierarchies {
+        assert!(
+            !h.mount.join(stale).exists(),
+            "stale cgroup kept in {}",
+            h.mount.display()
+        );
+    }
+    assert!(netns_names().iter().any(|n| n == live.netns()));
+    assert!(live_cg.dirs().all(Path::is_dir));
+}
+
 /// The registry serves the fixtures, keeps them across a restart, and lists every
 /// platform of the multi-arch index.
 #[test]
