@@ -2,40 +2,46 @@
 //! `tests/tests/*.rs` needs to drive the real Flotilla binaries safely.
 //!
 //! - [`require_root!`]: skip without root, fail instead under CI=true / FLOTILLA_E2E=1;
-//! - [`bin`]: the path of a built workspace binary;
+//! - [`bin`]: the path of a built workspace binary; [`free_port`];
 //! - [`fixtures`]: a deterministic, cached busybox rootfs and OCI images;
 //! - [`process`]: child processes with captured logs, readiness waits, stop by PID;
-//! - [`sandbox`]: network namespaces per simulated node, and a LAN bridge between them;
+//! - [`sandbox`]: network namespaces per simulated node, a LAN bridge between them,
+//!   private mount namespaces, and a snapshot of the root namespace to compare;
 //! - [`cgroup`]: a per-test cgroup parent, removed on drop;
-//! - [`registry`]: a loopback OCI registry (Debian's docker-registry) filled by skopeo.
+//! - [`registry`]: a test OCI registry (Debian's docker-registry) filled by skopeo;
+//! - [`command`]: helper tools run to completion with timeouts and clear errors.
 //!
 //! Everything created is torn down on drop, also when the test panics, and nothing in
-//! the root network namespace is ever changed.
+//! the root network namespace is ever changed. Declare sandboxes, cgroups and the
+//! registry before the processes that use them: locals drop in reverse order, so the
+//! processes stop first and the cgroup then removes whatever they left in it.
+//!
+//! Loopback addresses are per namespace: a server on the test's 127.0.0.1 is not
+//! reachable from inside a [`sandbox::Node`]. Put it in a node on the LAN instead:
 //!
 //! ```no_run
 //! use std::process::Command;
 //! use std::time::Duration;
-//! use flotilla_tests::{bin, registry::Registry, sandbox::{Lan, Node}};
+//! use flotilla_tests::registry::{Options, Registry};
+//! use flotilla_tests::sandbox::{Lan, Node};
 //!
 //! #[test]
-//! fn agent_pulls_from_the_registry() {
+//! fn node_reaches_a_registry_on_the_lan() {
 //!     flotilla_tests::require_root!();
-//!     let registry = Registry::start();
-//!     let image = registry.push_busybox("busybox:1"); // "127.0.0.1:<port>/busybox:1"
 //!     let lan = Lan::new();
+//!     let depot = Node::new("depot");
 //!     let node = Node::new("node1");
+//!     depot.attach(&lan, "10.99.0.10/24").unwrap();
 //!     node.attach(&lan, "10.99.0.2/24").unwrap();
-//!     let mut agent = Command::new(bin("flotilla-agent"));
-//!     agent.arg("--help");
-//!     let mut agent = node.spawn(agent); // logs printed if the test panics
-//!     agent.wait_for_log("Usage", Duration::from_secs(10)).unwrap();
-//!     # let _ = image;
+//!     let registry =
+//!         Registry::start_with(Options::default().in_node(&depot, "10.99.0.10".parse().unwrap()));
+//!     let image = registry.push_busybox("busybox:1"); // "10.99.0.10:<port>/busybox:1"
+//!     let mut agent = Command::new(flotilla_tests::bin("flotilla-agent"));
+//!     agent.args(["image", "pull", &image]);
+//!     let mut agent = node.spawn(agent); // its logs are printed if the test panics
+//!     agent.wait_exit(Duration::from_secs(60)).unwrap();
 //! }
 //! ```
-//!
-//! Loopback addresses are per namespace: a registry on the host's 127.0.0.1 is not
-//! reachable from inside a [`sandbox::Node`]; run such a server in the node
-//! (`node.spawn`) or reach it over the [`sandbox::Lan`].
 
 pub mod cgroup;
 pub mod command;
