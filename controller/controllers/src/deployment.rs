@@ -281,6 +281,25 @@ pub fn reconcile(
     step.actions
 }
 
+/// The deployment's annotations a ReplicaSet inherits (`kubernetes.io/change-cause`
+/// among them, which `kubectl rollout history` shows); not the controller's own ones.
+fn copied_annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    const SKIP: [&str; 6] = [
+        "kubectl.kubernetes.io/last-applied-configuration",
+        REVISION,
+        REVISION_HISTORY,
+        DESIRED_REPLICAS,
+        MAX_REPLICAS,
+        "deprecated.deployment.rollback.to",
+    ];
+    meta.annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !SKIP.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Makes sure the new ReplicaSet carries the newest revision and the deployment mirrors it.
 fn sync_revision(step: &mut Step) {
     let d = step.d;
@@ -293,7 +312,19 @@ fn sync_revision(step: &mut Step) {
     let Some(i) = step.new else { return };
     let rs = &mut step.all[i];
     let current = revision(rs);
+    let inherited = copied_annotations(&d.metadata);
+    let annotations = rs.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let stale = inherited.iter().any(|(k, v)| annotations.get(k) != Some(v));
+    if stale && current > max_old {
+        annotations.extend(inherited.clone());
+        step.actions
+            .push(Action::UpdateReplicaSet(Box::new(rs.clone())));
+    }
     if current <= max_old {
+        rs.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .extend(inherited);
         let annotations = rs.metadata.annotations.get_or_insert_with(BTreeMap::new);
         if current > 0 {
             let mut history: Vec<String> = annotations
@@ -346,11 +377,13 @@ fn create_new(step: &mut Step, replicas: i32, surge: i32) {
             name: Some(name.clone()),
             namespace: d.metadata.namespace.clone(),
             labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
-            annotations: Some(BTreeMap::from([
-                (REVISION.to_owned(), (max_old + 1).to_string()),
-                (DESIRED_REPLICAS.to_owned(), desired.to_string()),
-                (MAX_REPLICAS.to_owned(), (desired + surge).to_string()),
-            ])),
+            annotations: Some({
+                let mut a = copied_annotations(&d.metadata);
+                a.insert(REVISION.to_owned(), (max_old + 1).to_string());
+                a.insert(DESIRED_REPLICAS.to_owned(), desired.to_string());
+                a.insert(MAX_REPLICAS.to_owned(), (desired + surge).to_string());
+                a
+            }),
             owner_references: Some(vec![controller_ref("apps/v1", "Deployment", &d.metadata)]),
             ..ObjectMeta::default()
         },

@@ -621,3 +621,46 @@ fn a_rollout_interrupted_by_scaling_still_converges() {
         ("True".into(), "NewReplicaSetAvailable".into())
     );
 }
+
+#[test]
+fn the_change_cause_follows_into_the_replicaset_for_rollout_history() {
+    let mut d = deployment(1, "v1", json!({}));
+    d.metadata.annotations = Some(BTreeMap::from([
+        ("kubernetes.io/change-cause".to_owned(), "first".to_owned()),
+        (
+            "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+            "{}".to_owned(),
+        ),
+    ]));
+    let mut w = World::new(d);
+    w.settle(0, 2);
+    let rs = &w.rss[0];
+    assert_eq!(
+        annotation(&rs.metadata, "kubernetes.io/change-cause"),
+        Some("first")
+    );
+    assert_eq!(
+        annotation(
+            &rs.metadata,
+            "kubectl.kubernetes.io/last-applied-configuration"
+        ),
+        None
+    );
+    w.d.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("kubernetes.io/change-cause".into(), "second".into());
+    w.set_image("v2");
+    w.settle(0, 2);
+    let newest = w.rss.iter().max_by_key(|rs| revision(rs)).unwrap();
+    assert_eq!(
+        annotation(&newest.metadata, "kubernetes.io/change-cause"),
+        Some("second")
+    );
+    let oldest = w.rss.iter().min_by_key(|rs| revision(rs)).unwrap();
+    assert_eq!(
+        annotation(&oldest.metadata, "kubernetes.io/change-cause"),
+        Some("first")
+    );
+}
