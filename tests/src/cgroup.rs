@@ -204,10 +204,12 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        for (_, dir) in &self.dirs {
-            if let Err(e) = remove_tree(dir, true) {
-                eprintln!("warning: test cgroup not fully removed: {e:#}");
-            }
+        let dirs: Vec<&Path> = self.dirs.iter().map(|(_, d)| d.as_path()).collect();
+        if let Err(e) = remove_trees(&dirs, true) {
+            eprintln!(
+                "warning: test cgroup {} not fully removed: {e:#}",
+                self.name
+            );
         }
     }
 }
@@ -238,28 +240,31 @@ fn procs(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Empties (SIGKILL to what is inside, when `kill`) and removes `dir`'s subtree.
-fn remove_tree(dir: &Path, kill: bool) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
+/// Empties (SIGKILL to what is inside, when `kill`) and removes the subtrees of
+/// `dirs` — one cgroup in several hierarchies, handled together: a task frozen by the
+/// freezer hierarchy must be thawed before a kill sent for another hierarchy lands.
+fn remove_trees(dirs: &[&Path], kill: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut left = Vec::new();
-        for cg in subtree(dir) {
-            let pids = procs(&cg);
-            if kill && !pids.is_empty() {
-                if cg.join("cgroup.kill").exists() {
-                    let _ = fs::write(cg.join("cgroup.kill"), "1");
-                } else {
-                    for pid in &pids {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(*pid as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
+        let cgroups: Vec<PathBuf> = dirs
+            .iter()
+            .filter(|d| d.exists())
+            .flat_map(|d| subtree(d))
+            .collect();
+        if cgroups.is_empty() {
+            return Ok(());
+        }
+        if kill {
+            // Frozen tasks take SIGKILL only once thawed; thaw parents first.
+            for cg in cgroups.iter().rev() {
+                thaw(cg);
             }
+            for cg in &cgroups {
+                kill_all(cg);
+            }
+        }
+        let mut left = Vec::new();
+        for cg in cgroups {
             if fs::remove_dir(&cg).is_err() && cg.exists() {
                 left.push(cg);
             }
@@ -268,9 +273,42 @@ fn remove_tree(dir: &Path, kill: bool) -> Result<()> {
             return Ok(());
         }
         if !kill || Instant::now() >= deadline {
-            bail!("cannot remove {}", left[0].display());
+            bail!(
+                "cannot remove {} (still holds {:?})",
+                left[0].display(),
+                procs(&left[0])
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILLs every process in `cg` (cgroup.kill where the kernel has it).
+fn kill_all(cg: &Path) {
+    let pids = procs(cg);
+    if pids.is_empty() {
+        return;
+    }
+    if cg.join("cgroup.kill").exists() && fs::write(cg.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Thaws `cg` if a test froze it (v1 freezer.state, v2 cgroup.freeze).
+fn thaw(cg: &Path) {
+    let v1 = cg.join("freezer.state");
+    if fs::read_to_string(&v1).is_ok_and(|s| s.trim() != "THAWED") {
+        let _ = fs::write(&v1, "THAWED");
+    }
+    let v2 = cg.join("cgroup.freeze");
+    if fs::read_to_string(&v2).is_ok_and(|s| s.trim() == "1") {
+        let _ = fs::write(&v2, "0");
     }
 }
 
@@ -285,7 +323,7 @@ pub fn sweep_stale() {
         };
         for entry in entries.flatten() {
             if naming::is_stale(&entry.file_name().to_string_lossy()) {
-                let _ = remove_tree(&entry.path(), false);
+                let _ = remove_trees(&[&entry.path()], false);
             }
         }
     }

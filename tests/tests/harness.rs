@@ -361,6 +361,47 @@ fn leftovers_of_dead_test_processes_are_swept() {
     assert!(live_cg.dirs().all(Path::is_dir));
 }
 
+/// Frozen processes in a test cgroup (a paused container) are thawed, killed and
+/// removed on drop too.
+#[test]
+fn test_cgroup_removes_frozen_processes() {
+    flotilla_tests::require_root!();
+    let cg = cgroup::TestCgroup::new("frozen");
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("1000");
+    let mut process = Process::spawn(sleeper);
+    cg.add_process("paused", process.pid()).unwrap();
+    let freezer = match (cg.v1("freezer"), cg.unified()) {
+        (Some(dir), _) => dir.join("paused/freezer.state"),
+        (None, Some(dir)) => dir.join("paused/cgroup.freeze"),
+        (None, None) => panic!("no freezer"),
+    };
+    let frozen = if freezer.ends_with("freezer.state") {
+        "FROZEN"
+    } else {
+        "1"
+    };
+    std::fs::write(&freezer, frozen).unwrap();
+    process
+        .wait_until("the process to freeze", Duration::from_secs(5), |p| {
+            std::fs::read_to_string(format!("/proc/{}/status", p.pid())).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("State:") && !l.contains("R ("))
+            }) && std::fs::read_to_string(&freezer).is_ok_and(|s| s.trim() == frozen)
+        })
+        .unwrap();
+    let dirs: Vec<_> = cg.dirs().map(Path::to_path_buf).collect();
+    let started = std::time::Instant::now();
+    drop(cg);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let status = process.wait_exit(Duration::from_secs(5)).unwrap();
+    assert_eq!(status.signal(), Some(9));
+}
+
 /// The registry serves the fixtures, keeps them across a restart, and lists every
 /// platform of the multi-arch index.
 #[test]
