@@ -178,7 +178,7 @@ impl Step<'_> {
             self.actions.push(Action::Event(Event::normal(
                 me,
                 "ScalingReplicaSet",
-                format!("Scaled {op} replica set {name} to {to} from {from}"),
+                format!("Scaled {op} replica set {name} from {from} to {to}"),
             )));
         }
     }
@@ -402,7 +402,7 @@ fn create_new(step: &mut Step, replicas: i32, surge: i32) {
         step.actions.push(Action::Event(Event::normal(
             me,
             "ScalingReplicaSet",
-            format!("Scaled up replica set {name} to {replicas} from 0"),
+            format!("Scaled up replica set {name} from 0 to {replicas}"),
         )));
     }
     let mut updated = d.clone();

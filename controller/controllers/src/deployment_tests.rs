@@ -293,7 +293,7 @@ fn a_new_deployment_creates_its_first_replicaset() {
     );
     assert!(controlled_by(&rs.metadata, "d-uid"));
     assert!(actions.iter().any(|a| matches!(a, Action::Event(e)
-        if e.reason == "ScalingReplicaSet" && e.message == format!("Scaled up replica set web-{hash} to 3 from 0"))));
+        if e.reason == "ScalingReplicaSet" && e.message == format!("Scaled up replica set web-{hash} from 0 to 3"))));
     assert!(actions.iter().any(|a| matches!(a, Action::UpdateDeployment(d) if annotation(&d.metadata, REVISION) == Some("1"))));
     let Some(Action::UpdateStatus(s)) = actions.last() else {
         panic!()
@@ -585,7 +585,7 @@ fn scaling_mid_rollout_is_shared_out_in_proportion() {
         sizes,
         BTreeMap::from([("web-old".to_owned(), 15), ("web-new".to_owned(), 10)])
     );
-    assert!(actions.iter().any(|a| matches!(a, Action::Event(e) if e.message == "Scaled up replica set web-old to 15 from 8")));
+    assert!(actions.iter().any(|a| matches!(a, Action::Event(e) if e.message == "Scaled up replica set web-old from 8 to 15")));
 }
 
 #[test]
