@@ -312,6 +312,46 @@ fn thaw(cg: &Path) {
     }
 }
 
+/// Thaws the cgroups holding process `pid` that belong to a test (named by the
+/// harness, any hierarchy), so a frozen test process can die. Others are left alone.
+pub fn thaw_test_cgroups_of(pid: u32) {
+    let Ok(table) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return;
+    };
+    let all = hierarchies().unwrap_or_default();
+    for line in table.lines() {
+        // "4:freezer:/flotilla-test-1-0-x/pod" (v1) or "0::/flotilla-test-1-0-x/pod" (v2)
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        if !path.contains(&format!("/{}", naming::PREFIX)) {
+            continue;
+        }
+        let listed: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+        let hierarchy = all.iter().find(|h| {
+            if listed.is_empty() {
+                h.unified
+            } else {
+                !h.unified && h.controllers.iter().all(|c| listed.contains(&c.as_str()))
+            }
+        });
+        if let Some(h) = hierarchy {
+            let dir = h.mount.join(path.trim_start_matches('/'));
+            // Thaw from the test cgroup down to the process's own cgroup.
+            let mut chain: Vec<&Path> = dir
+                .ancestors()
+                .take_while(|d| d.starts_with(&h.mount))
+                .collect();
+            chain.reverse();
+            for cg in chain {
+                thaw(cg);
+            }
+        }
+    }
+}
+
 /// Removes test cgroups left, empty, by test processes that no longer exist (e.g.
 /// killed before their drops ran). Runs once per test process on the first
 /// [`TestCgroup::new`]. A leftover that still holds processes is kept: this run did

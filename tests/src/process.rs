@@ -217,6 +217,11 @@ impl Process {
             return status;
         }
         let _ = self.child.kill();
+        if let Ok(status) = self.wait_exit(Duration::from_secs(2)) {
+            return status;
+        }
+        // SIGKILL waits while the process is frozen (a paused test cgroup): thaw it.
+        crate::cgroup::thaw_test_cgroups_of(self.pid());
         let status = self.child.wait().expect("cannot reap a killed child");
         self.status = Some(status);
         status

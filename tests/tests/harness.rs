@@ -390,6 +390,20 @@ fn test_cgroup_removes_frozen_processes() {
             }) && std::fs::read_to_string(&freezer).is_ok_and(|s| s.trim() == frozen)
         })
         .unwrap();
+    // Stopping the frozen process itself thaws it rather than waiting forever.
+    let stopped = std::time::Instant::now();
+    let status = process.stop_with_grace(Duration::from_millis(100));
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+    use std::os::unix::process::ExitStatusExt;
+    // Thawed, it takes the pending SIGTERM or the SIGKILL, whichever lands first.
+    assert!(matches!(status.signal(), Some(9 | 15)), "{status}");
+
+    // And a frozen cgroup is thawed, emptied and removed on drop.
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("1000");
+    let mut process = Process::spawn(sleeper);
+    cg.add_process("paused", process.pid()).unwrap();
+    std::fs::write(&freezer, frozen).unwrap();
     let dirs: Vec<_> = cg.dirs().map(Path::to_path_buf).collect();
     let started = std::time::Instant::now();
     drop(cg);
@@ -397,7 +411,6 @@ fn test_cgroup_removes_frozen_processes() {
     for dir in &dirs {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
-    use std::os::unix::process::ExitStatusExt;
     let status = process.wait_exit(Duration::from_secs(5)).unwrap();
     assert_eq!(status.signal(), Some(9));
 }
