@@ -3,7 +3,8 @@
 //! Keeps up to `parallelism` pods active until `completions` pods succeeded (or, without
 //! `completions`, until one succeeded and the rest finished). Failed pods are replaced
 //! after an exponential back-off (10 s doubling, capped at 6 min) until more than
-//! `backoffLimit` (default 6) failed; a job active longer than `activeDeadlineSeconds`
+//! `backoffLimit` (default 6) failed (with `restartPolicy: OnFailure`, until the
+//! container restarts reach it); a job active longer than `activeDeadlineSeconds`
 //! fails too. Conditions and reasons follow upstream: `SuccessCriteriaMet` then `Complete`
 //! (`CompletionsReached`), `FailureTarget` then `Failed` (`BackoffLimitExceeded`,
 //! `DeadlineExceeded`). A finished job is deleted `ttlSecondsAfterFinished` after it
@@ -139,7 +140,33 @@ pub fn reconcile(job: &Job, all_pods: &[Pod], now: Timestamp) -> Vec<Action> {
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
     let suspended = spec.suspend.unwrap_or(false);
 
-    let failure = if failed > backoff_limit {
+    // With restartPolicy OnFailure, failures show as container restarts in running pods.
+    let on_failure_restarts: i32 = if spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        == Some("OnFailure")
+    {
+        owned
+            .iter()
+            .filter(|p| matches!(pods::phase(p), "Running" | "Pending"))
+            .map(|p| {
+                let st = p.status.as_ref();
+                let sum = |cs: Option<&Vec<k8s_openapi::api::core::v1::ContainerStatus>>| -> i32 {
+                    cs.map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                        .unwrap_or(0)
+                };
+                sum(st.and_then(|s| s.container_statuses.as_ref()))
+                    + sum(st.and_then(|s| s.init_container_statuses.as_ref()))
+            })
+            .sum()
+    } else {
+        0
+    };
+    let restarts_exceed =
+        on_failure_restarts > 0 && (backoff_limit == 0 || on_failure_restarts >= backoff_limit);
+    let failure = if failed > backoff_limit || restarts_exceed {
         Some((
             "BackoffLimitExceeded",
             "Job has reached the specified backoff limit",
@@ -429,6 +456,27 @@ mod tests {
                 .any(|a| matches!(a, Action::DeletePod { name, .. } if name == "r"))
         );
         assert_eq!(s.active, Some(0));
+    }
+
+    #[test]
+    fn on_failure_restarts_count_against_the_backoff_limit() {
+        let mut j = job(json!({"backoffLimit": 3}));
+        j.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .restart_policy = Some("OnFailure".into());
+        let mut p = pod("p", "job-uid", "Running", false, Some("n1"));
+        let restarts = |n: i32| json!([{"name": "c", "image": "x", "imageID": "", "ready": false, "restartCount": n}]);
+        p["status"]["containerStatuses"] = restarts(2);
+        let a = reconcile(&j, &[from(p.clone())], t(0));
+        assert!(status(&a).conditions.is_none());
+        p["status"]["containerStatuses"] = restarts(3);
+        let a = reconcile(&j, &[from(p)], t(0));
+        assert!(status(&a).conditions.unwrap().iter().any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded")));
     }
 
     #[test]
