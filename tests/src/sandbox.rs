@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Once;
@@ -199,9 +200,12 @@ pub fn root_netns_snapshot() -> String {
     out
 }
 
-/// A simulated node: its own network namespace with loopback up.
+/// A simulated node: its own network namespace with loopback up; processes started
+/// in it also get their own mount namespace and a UTS namespace with the node's
+/// hostname.
 pub struct Node {
     ns: Netns,
+    hostname: String,
     next_if: AtomicU32,
 }
 
@@ -213,8 +217,15 @@ impl Node {
             .unwrap_or_else(|e| panic!("cannot create sandbox node {name:?}: {e:#}"));
         Node {
             ns,
+            hostname: hostname_for(name),
             next_if: AtomicU32::new(0),
         }
+    }
+
+    /// The hostname processes in this node see: `name` as given to [`Node::new`]
+    /// (characters a hostname cannot hold replaced by `-`, at most 63).
+    pub fn hostname(&self) -> &str {
+        &self.hostname
     }
 
     /// The namespace name (as in `ip netns list`).
@@ -231,7 +242,18 @@ impl Node {
     /// (same environment and working directory). `ip netns exec` execs the program
     /// in place, so the PID stays the program's, in a private mount namespace.
     pub fn wrap(&self, cmd: &Command) -> Command {
-        wrap_in_netns(&self.ns.name, cmd)
+        let mut wrapped = wrap_in_netns(&self.ns.name, cmd);
+        let hostname = self.hostname.clone();
+        // SAFETY: runs in the forked child before exec and only makes two syscalls
+        // (no allocation, no locks), as pre_exec requires.
+        unsafe {
+            wrapped.pre_exec(move || {
+                nix::sched::unshare(CloneFlags::CLONE_NEWUTS)?;
+                nix::unistd::sethostname(&hostname)?;
+                Ok(())
+            });
+        }
+        wrapped
     }
 
     /// Runs `ip -n <ns> args…` (configuration inside the node); returns its stdout.
@@ -316,6 +338,26 @@ impl Node {
             return Err(e.context(format!("cannot attach {} to the LAN", self.ns.name)));
         }
         Ok(ifname)
+    }
+}
+
+/// A valid hostname from a node name.
+fn hostname_for(name: &str) -> String {
+    let host: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    if host.is_empty() {
+        "node".to_string()
+    } else {
+        host
     }
 }
 

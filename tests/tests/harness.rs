@@ -198,6 +198,17 @@ fn sandbox_is_created_and_fully_torn_down() {
         assert!(inside.contains("10.99.0.2/24"), "{inside}");
         assert!(inside.contains("127.0.0.1/8"), "{inside}");
         assert_eq!(sandbox::root_netns_snapshot(), root_before);
+        // Its own hostname, while the host keeps its own.
+        assert_eq!(node.hostname(), "teardown");
+        let hostname = node.run(&Command::new("hostname")).unwrap().stdout;
+        assert_eq!(String::from_utf8_lossy(&hostname), "teardown\n");
+        assert_ne!(
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap()
+                .trim(),
+            "teardown"
+        );
+        assert_ne!(ns_inode(&pid, "uts"), ns_inode("self", "uts"));
         // Per-node /etc files (e.g. a resolv.conf naming a test's DNS stub).
         node.set_etc_file("hosts", "10.99.0.1 gateway.test\n")
             .unwrap();
