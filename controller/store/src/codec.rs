@@ -6,7 +6,7 @@
 //! - `meta`: `"format"` ([`FORMAT`]), `"revision"` (last assigned revision), `"compacted"` (every log record at or
 //!   below it has been removed).
 
-use crate::{EventKind, Key, StoreError};
+use crate::{Event, EventKind, Key, Object, StoreError};
 use redb::TableDefinition;
 
 /// Version of these layouts, kept in `meta` under `"format"`.
@@ -106,9 +106,16 @@ pub(crate) fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// Decodes a log record's key, for events.
-pub(crate) fn log_key(record: &LogRecord<'_>) -> Result<Key, StoreError> {
-    Key::decode(record.key)
+/// The event a decoded change-log record stands for.
+pub(crate) fn log_event(revision: u64, record: &LogRecord<'_>) -> Result<Event, StoreError> {
+    Ok(Event {
+        kind: record.kind,
+        object: Object {
+            key: Key::decode(record.key)?,
+            revision,
+            value: bytes::Bytes::copy_from_slice(record.value),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -8,13 +8,15 @@
 //! transactions, and on a timer when the store is idle.
 
 use crate::codec::{self, LOG, META, META_COMPACTED, META_REVISION, OBJECTS};
+use crate::slot::DbSlot;
 use crate::watch::Registry;
 use crate::{Event, EventKind, Key, Object, StoreError, StoreOptions};
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableTable, Table};
+use redb::{Durability, ReadableDatabase, ReadableTable, Table};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 /// Most log records one compaction step removes, so a commit stays short.
 const COMPACT_STEP: usize = 4096;
@@ -58,12 +60,18 @@ pub(crate) struct Counters {
 }
 
 pub(crate) struct Committer {
-    pub db: Arc<Database>,
+    pub db: Arc<DbSlot>,
     pub registry: Arc<Registry>,
     pub counters: Arc<Counters>,
     pub options: StoreOptions,
     pub revision: u64,
     pub compacted: u64,
+    /// A commit failed on I/O: redb refuses writes until the database is reopened.
+    pub poisoned: bool,
+    /// The I/O error behind `poisoned`, or of the last attempt to recover from it.
+    pub io_error: Option<StoreError>,
+    /// When to try reopening next while poisoned.
+    pub retry_at: Instant,
 }
 
 impl Committer {
@@ -97,11 +105,20 @@ impl Committer {
 
     fn commit(&mut self, batch: Vec<Pending>) {
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+        if self.poisoned
+            && let Err(e) = self.try_recover()
+        {
+            tracing::error!(error = %e, "store still failing after an I/O error");
+            for reply in replies {
+                let _ = reply.try_send(Err(e.clone()));
+            }
+            return;
+        }
         let now = codec::now_millis();
         let mut results = Vec::with_capacity(replies.len());
         let mut events = Vec::new();
         let outcome = (|| -> Result<(u64, u64), StoreError> {
-            let mut txn = self.db.begin_write()?;
+            let mut txn = self.db.get()?.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             txn.set_quick_repair(self.options.quick_repair);
             let (revision, compacted) = {
@@ -154,6 +171,10 @@ impl Committer {
             }
             Err(e) => {
                 tracing::error!(error = %e, writes = replies.len(), "store commit failed");
+                if is_io_failure(&e) {
+                    self.poisoned = true;
+                    self.io_error = Some(e.clone());
+                }
                 for reply in replies {
                     let _ = reply.try_send(Err(e.clone()));
                 }
@@ -161,10 +182,69 @@ impl Committer {
         }
     }
 
+    /// Recovers at most once a second; meanwhile writes fail fast (reads go on).
+    fn try_recover(&mut self) -> Result<(), StoreError> {
+        if Instant::now() < self.retry_at {
+            return Err(self
+                .io_error
+                .clone()
+                .unwrap_or_else(|| StoreError::Db(Arc::new(redb::Error::PreviousIo))));
+        }
+        self.retry_at = Instant::now() + Duration::from_secs(1);
+        let result = self.recover();
+        if let Err(e) = &result {
+            self.io_error = Some(e.clone());
+        }
+        result
+    }
+
+    /// Reopens the database after an I/O error and catches up with what is on disk: a
+    /// commit reported as failed may have reached it after all (its fsync failed, say),
+    /// and watchers must then see it.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let db = self.db.reopen()?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |name| -> Result<u64, StoreError> {
+            Ok(meta.get(name)?.map(|g| g.value()).unwrap_or(0))
+        };
+        let (revision, compacted) = (get(META_REVISION)?, get(META_COMPACTED)?);
+        if revision > self.revision {
+            let log = txn.open_table(LOG)?;
+            let mut events = Vec::new();
+            for entry in log.range(self.revision + 1..=revision)? {
+                let (rev, record) = entry?;
+                let event = codec::log_event(rev.value(), &codec::decode_log(record.value())?)?;
+                events.push(Arc::new(event));
+            }
+            self.counters
+                .writes
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            self.registry.publish(&events, revision);
+            self.revision = revision;
+        } else if revision < self.revision {
+            tracing::error!(
+                on_disk = revision,
+                acknowledged = self.revision,
+                "acknowledged writes are missing after reopening the store"
+            );
+        }
+        self.compacted = compacted;
+        self.counters.compacted.store(compacted, Ordering::Relaxed);
+        self.poisoned = false;
+        self.io_error = None;
+        tracing::warn!(revision, "reopened the store after an I/O error");
+        Ok(())
+    }
+
     /// Removes expired history when no write is pending.
     fn compact_only(&mut self) -> Result<(), StoreError> {
+        if self.poisoned {
+            self.try_recover()?;
+        }
         let now = codec::now_millis();
-        let mut txn = self.db.begin_write()?;
+        let db = self.db.get()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.set_quick_repair(self.options.quick_repair);
         let compacted = {
@@ -183,11 +263,23 @@ impl Committer {
             txn.abort()?;
             return Ok(());
         }
-        txn.commit()?;
+        if let Err(e) = txn.commit() {
+            let e = StoreError::from(e);
+            if is_io_failure(&e) {
+                self.poisoned = true;
+                self.io_error = Some(e.clone());
+            }
+            return Err(e);
+        }
         self.compacted = compacted;
         self.counters.compacted.store(compacted, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Whether `e` leaves redb refusing writes until the database is reopened.
+fn is_io_failure(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
 }
 
 /// Applies one write at `revision`. The outer error aborts the whole batch (storage

@@ -17,6 +17,7 @@ mod codec;
 mod committer;
 mod error;
 mod key;
+mod slot;
 mod store;
 mod watch;
 

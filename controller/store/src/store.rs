@@ -4,6 +4,7 @@
 use crate::codec::{self, FORMAT, LOG, META, META_COMPACTED, META_FORMAT, META_REVISION, OBJECTS};
 use crate::committer::{Committer, Counters, Op, Pending};
 use crate::key::{self, Key};
+use crate::slot::{DbSlot, Reopen};
 use crate::watch::{Registry, Watcher};
 use crate::{Object, Result, StoreError};
 use bytes::Bytes;
@@ -120,7 +121,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     registry: Arc<Registry>,
     counters: Arc<Counters>,
     options: StoreOptions,
@@ -160,6 +161,65 @@ impl Store {
         if options.compact_file_on_open {
             compact_file(&mut db, path)?;
         }
+        let (reopen_path, probe_path) = (path.to_owned(), path.to_owned());
+        let cache_size = options.cache_size;
+        let reopen = Reopen {
+            probe: Box::new(move || probe_space(&probe_path)),
+            open: Box::new(move || {
+                Database::builder()
+                    .set_cache_size(cache_size)
+                    .create(&reopen_path)
+                    .map_err(|e| StoreError::Open {
+                        path: reopen_path.clone(),
+                        source: Arc::new(e.into()),
+                    })
+            }),
+        };
+        Store::start(db, reopen, options, &path.display().to_string())
+    }
+
+    /// A store in memory, for tests of code built on the store: same semantics, nothing
+    /// kept after the last clone drops.
+    pub fn open_in_memory(options: StoreOptions) -> Result<Store> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_size)
+            .create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let reopen = Reopen {
+            probe: Box::new(|| {
+                Err(std::io::Error::other(
+                    "an in-memory store cannot be reopened after an I/O error",
+                ))
+            }),
+            open: Box::new(|| unreachable!("the probe refuses")),
+        };
+        Store::start(db, reopen, options, "the in-memory store")
+    }
+
+    /// A store on redb storage backends made by `make`: called once to open, and again to
+    /// reopen after an I/O error, once `probe` says the storage looks writable again (as
+    /// [`Store::open`] does with its file). For special storage and fault-injection tests.
+    pub fn open_backend_with<B: redb::StorageBackend>(
+        make: impl Fn() -> std::io::Result<B> + Send + Sync + 'static,
+        probe: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        let cache_size = options.cache_size;
+        let open = move || -> Result<Database> {
+            let backend = make().map_err(|e| StoreError::Db(Arc::new(e.into())))?;
+            Ok(Database::builder()
+                .set_cache_size(cache_size)
+                .create_with_backend(backend)?)
+        };
+        let db = open()?;
+        let reopen = Reopen {
+            probe: Box::new(probe),
+            open: Box::new(open),
+        };
+        Store::start(db, reopen, options, "the store")
+    }
+
+    /// Checks the format, initializes a new store, and starts the committer thread.
+    fn start(db: Database, reopen: Reopen, options: StoreOptions, name: &str) -> Result<Store> {
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.set_quick_repair(options.quick_repair);
@@ -177,8 +237,7 @@ impl Store {
                 FORMAT => {}
                 other => {
                     return Err(StoreError::Corrupt(format!(
-                        "{} has store format {other}; this build reads format {FORMAT}",
-                        path.display()
+                        "{name} has store format {other}; this build reads format {FORMAT}"
                     )));
                 }
             }
@@ -194,7 +253,7 @@ impl Store {
             }
         };
         txn.commit()?;
-        let db = Arc::new(db);
+        let db = Arc::new(DbSlot::new(db, reopen));
         let registry = Arc::new(Registry::new(revision));
         let counters = Arc::new(Counters::default());
         counters.compacted.store(compacted, Ordering::Relaxed);
@@ -206,6 +265,9 @@ impl Store {
             options: options.clone(),
             revision,
             compacted,
+            poisoned: false,
+            io_error: None,
+            retry_at: std::time::Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("store-commit".into())
@@ -242,7 +304,7 @@ impl Store {
     /// The object at `key`, if any.
     pub fn get(&self, key: &Key) -> Result<Option<Object>> {
         key.validate()?;
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.inner.db.get()?.begin_read()?;
         let objects = txn.open_table(OBJECTS)?;
         let Some(record) = objects.get(key.encode().as_slice())? else {
             return Ok(None);
@@ -338,7 +400,7 @@ impl Store {
         };
         let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
 
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.inner.db.get()?.begin_read()?;
         let revision = txn
             .open_table(META)?
             .get(META_REVISION)?
@@ -475,6 +537,21 @@ fn compact_file(db: &mut Database, path: &Path) -> Result<()> {
         "compacted the store file"
     );
     Ok(())
+}
+
+/// Whether the store's file system takes writes again: writes and syncs 256 KiB next to
+/// the store file, then removes it.
+fn probe_space(store: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut name = store.as_os_str().to_owned();
+    name.push(".probe");
+    let probe = std::path::PathBuf::from(name);
+    let result = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 256 << 10])?;
+        f.sync_data()
+    });
+    let _ = std::fs::remove_file(&probe);
+    result
 }
 
 /// Makes a newly created file's directory entry durable.

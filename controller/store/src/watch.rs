@@ -7,9 +7,10 @@
 //! watches again from the last revision it saw (or, if that is `Gone`, lists again).
 
 use crate::codec::{self, LOG, META, META_COMPACTED};
-use crate::{Event, Key, Object, StoreError};
+use crate::slot::DbSlot;
+use crate::{Event, Key, StoreError};
 use futures_lite::Stream;
-use redb::{Database, ReadTransaction, ReadableDatabase};
+use redb::{ReadTransaction, ReadableDatabase};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,7 +115,7 @@ fn compaction_mark(txn: &ReadTransaction) -> Result<u64, StoreError> {
 /// Each chunk is read from a fresh snapshot, so a slow reader pins no old pages; the
 /// database is held weakly, so a watcher does not keep a closed store open.
 struct Replay {
-    db: Weak<Database>,
+    db: Weak<DbSlot>,
     /// Next revision to read.
     next: u64,
     /// Last revision to read (inclusive): the published revision at registration.
@@ -146,7 +147,7 @@ pub struct Watcher {
 impl Watcher {
     pub(crate) fn start(
         registry: &Arc<Registry>,
-        db: &Arc<Database>,
+        db: &Arc<DbSlot>,
         prefix: Vec<u8>,
         from: Option<u64>,
         capacity: usize,
@@ -159,7 +160,7 @@ impl Watcher {
         let mut replay = None;
         if from < published {
             // A snapshot taken after registration holds every revision up to `published`.
-            let compacted = compaction_mark(&db.begin_read()?)?;
+            let compacted = compaction_mark(&db.get()?.begin_read()?)?;
             if from < compacted {
                 return Err(StoreError::Gone { oldest: compacted });
             }
@@ -217,7 +218,7 @@ impl Watcher {
             return Ok(());
         };
         while replay.buf.is_empty() && replay.next <= replay.end {
-            let db = replay.db.upgrade().ok_or(StoreError::Closed)?;
+            let db = replay.db.upgrade().ok_or(StoreError::Closed)?.get()?;
             let txn = db.begin_read()?;
             let compacted = compaction_mark(&txn)?;
             if compacted >= replay.next {
@@ -232,14 +233,7 @@ impl Watcher {
                 replay.next = rev + 1;
                 let rec = codec::decode_log(record.value())?;
                 if crate::key::matches(rec.key, &self.prefix) {
-                    replay.buf.push_back(Event {
-                        kind: rec.kind,
-                        object: Object {
-                            key: codec::log_key(&rec)?,
-                            revision: rev,
-                            value: bytes::Bytes::copy_from_slice(rec.value),
-                        },
-                    });
+                    replay.buf.push_back(codec::log_event(rev, &rec)?);
                 }
                 read += 1;
                 if read == REPLAY_CHUNK {
