@@ -235,6 +235,48 @@ fn htpasswd_registry_with_credentials_from_the_config() {
     assert_eq!(store.names(), vec![image]);
 }
 
+#[test]
+fn mirror_from_the_registries_config_serves_the_pull() {
+    require_root!();
+    let registry = Registry::start();
+    registry.push_busybox("team/app:1");
+    let store = Store::new();
+    // The image's own registry is a loopback port where nothing listens; the mirror
+    // (the real registry) must serve it, and a dead mirror must fall through.
+    let config = store.registries(&format!(
+        "mirrors:\n  \"127.0.0.2:9\":\n    endpoint:\n      - \"http://127.0.0.3:9\"\n      - \"http://{}\"\n",
+        registry.addr()
+    ));
+    let config = config.to_str().unwrap();
+    let out = store.ok(&[
+        "--registries",
+        config,
+        "pull",
+        "--attempts",
+        "1",
+        "127.0.0.2:9/team/app:1",
+    ]);
+    assert!(out.starts_with("127.0.0.2:9/team/app:1 sha256:"), "{out}");
+    assert!(
+        store
+            .image_file("127.0.0.2:9/team/app:1", "etc/passwd")
+            .is_some()
+    );
+
+    let err = store.fails(&[
+        "--registries",
+        config,
+        "pull",
+        "--attempts",
+        "1",
+        "127.0.0.2:9/team/other:1",
+    ]);
+    assert!(
+        err.contains("failed at every endpoint") && err.contains("not found"),
+        "{err}"
+    );
+}
+
 /// Deterministic incompressible bytes (xorshift).
 fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 8);
@@ -597,16 +639,6 @@ fn malicious_archives_are_rejected_and_leave_nothing() {
     assert!(err.contains("/etc/hostname"), "{err}");
 }
 
-/// The OCI runtime command for the container test.
-/// NOTE: `runc` stands in until `flotilla-agent runtime run` lands in this tree; set
-/// FLOTILLA_IMAGES_RUNTIME=agent to use it (then the default should switch).
-fn runtime() -> String {
-    match std::env::var("FLOTILLA_IMAGES_RUNTIME").as_deref() {
-        Ok("agent") => format!("{} runtime", bin("flotilla-agent").display()),
-        _ => "runc".to_string(),
-    }
-}
-
 #[test]
 fn container_runs_on_an_imported_images_overlay_rootfs() {
     require_root!();
@@ -653,11 +685,10 @@ fn container_runs_on_an_imported_images_overlay_rootfs() {
         "set -e\n\
          {a} image --data-dir {d} mount fleet/busybox:run {b}/rootfs --id c1\n\
          grep -q ' {b}/rootfs overlay ' /proc/self/mounts && echo overlay-mounted\n\
-         {rt} --root {d}/runtime run --bundle {b} c1\n\
+         {a} runtime --root {d}/runtime run --bundle {b} c1\n\
          cat {u}\n\
          {a} image --data-dir {d} unmount c1\n",
         a = agent.display(),
-        rt = runtime(),
         d = data.display(),
         b = bundle.display(),
         u = upper.display(),
