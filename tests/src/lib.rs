@@ -9,6 +9,7 @@
 //!   private mount namespaces, and a snapshot of the root namespace to compare;
 //! - [`cgroup`]: a per-test cgroup parent, removed on drop;
 //! - [`registry`]: a test OCI registry (Debian's docker-registry) filled by skopeo;
+//! - [`dns`]: a stub DNS server answering from a fixed table;
 //! - [`command`]: helper tools run to completion with timeouts and clear errors.
 //!
 //! Everything created is torn down on drop, also when the test panics, and nothing in
@@ -45,6 +46,7 @@
 
 pub mod cgroup;
 pub mod command;
+pub mod dns;
 pub mod fixtures;
 mod naming;
 pub mod process;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use flotilla_tests::command::{run, run_stdout};
 use flotilla_tests::process::Process;
 use flotilla_tests::registry::{self, Registry};
-use flotilla_tests::{cgroup, fixtures, sandbox};
+use flotilla_tests::{cgroup, command, dns, fixtures, sandbox};
 
 fn sha256_file(path: &Path) -> String {
     run_stdout(Command::new("sha256sum").arg(path))
@@ -302,6 +302,52 @@ fn nodes_on_a_lan_reach_each_other() {
     assert_eq!(lan.ports().unwrap().len(), 2);
     let links = a.ip(&["-o", "link", "show"]).unwrap();
     assert_eq!(links.lines().count(), 2, "{links}");
+}
+
+/// A DNS stub in one node answers a real resolver in another node over the LAN.
+#[test]
+fn dns_stub_answers_over_the_lan() {
+    flotilla_tests::require_root!();
+    let lan = sandbox::Lan::new();
+    let dns_node = sandbox::Node::new("dns");
+    let client = sandbox::Node::new("client");
+    dns_node.attach(&lan, "10.99.0.53/24").unwrap();
+    client.attach(&lan, "10.99.0.2/24").unwrap();
+    let stub = dns::Stub::start_in(
+        &dns_node,
+        "10.99.0.53:53".parse().unwrap(),
+        &[("web.flotilla.test", "10.99.0.80".parse().unwrap())],
+    );
+    let out = client
+        .run(Command::new("busybox").args([
+            "nslookup",
+            "-type=a",
+            "web.flotilla.test",
+            "10.99.0.53",
+        ]))
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10.99.0.80"), "{text}");
+    let missing = command::output(
+        &mut client.wrap(Command::new("busybox").args([
+            "nslookup",
+            "-type=a",
+            "gone.flotilla.test",
+            "10.99.0.53",
+        ])),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(!missing.status.success());
+    let queries = stub.queries();
+    assert!(
+        queries.contains(&("web.flotilla.test".to_string(), dns::TYPE_A)),
+        "{queries:?}"
+    );
+    assert!(
+        queries.contains(&("gone.flotilla.test".to_string(), dns::TYPE_A)),
+        "{queries:?}"
+    );
 }
 
 /// A TestCgroup exists in every hierarchy, and on drop it kills what it holds and
