@@ -8,6 +8,7 @@
 //! transactions, and on a timer when the store is idle.
 
 use crate::codec::{self, LOG, META, META_COMPACTED, META_REVISION, OBJECTS};
+use crate::compaction::compact;
 use crate::slot::DbSlot;
 use crate::watch::Registry;
 use crate::{Event, EventKind, Key, Object, StoreError, StoreOptions};
@@ -17,9 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
-
-/// Most log records one compaction step removes, so a commit stays short.
-const COMPACT_STEP: usize = 4096;
 
 pub(crate) enum Op {
     Create {
@@ -362,39 +360,4 @@ fn apply(
             value,
         },
     }))
-}
-
-/// Drops log records outside the retention window (older than `history_revisions`
-/// revisions or than `history_age`), at most [`COMPACT_STEP`] per call, and persists the
-/// new compaction mark. Returns the mark.
-fn compact(
-    log: &mut Table<u64, &[u8]>,
-    meta: &mut Table<&str, u64>,
-    mut compacted: u64,
-    revision: u64,
-    now: u64,
-    options: &StoreOptions,
-) -> Result<u64, StoreError> {
-    let count_floor = revision.saturating_sub(options.history_revisions);
-    let age_floor = now.saturating_sub(options.history_age.as_millis() as u64);
-    let start = compacted;
-    for _ in 0..COMPACT_STEP {
-        let expired = match log.first()? {
-            None => break,
-            Some((rev, record)) => {
-                let rev = rev.value();
-                rev <= count_floor || codec::decode_log(record.value())?.millis < age_floor
-            }
-        };
-        if !expired {
-            break;
-        }
-        if let Some((rev, _)) = log.pop_first()? {
-            compacted = rev.value();
-        }
-    }
-    if compacted != start {
-        meta.insert(META_COMPACTED, compacted)?;
-    }
-    Ok(compacted)
 }

@@ -15,15 +15,19 @@
 
 mod codec;
 mod committer;
+mod compaction;
 mod error;
 mod key;
+mod open;
+mod options;
 mod slot;
 mod store;
 mod watch;
 
 pub use error::{Result, StoreError};
 pub use key::Key;
-pub use store::{ListPage, ListSummary, ObjectRef, Store, StoreOptions, StoreStats};
+pub use options::StoreOptions;
+pub use store::{ListPage, ListSummary, ObjectRef, Store, StoreStats};
 pub use watch::Watcher;
 
 use bytes::Bytes;
