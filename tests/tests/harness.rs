@@ -72,6 +72,7 @@ fn fixture_images_are_valid_and_deterministic() {
     let fresh = tempfile::tempdir().unwrap();
     fixtures::write_busybox_layout(&fresh.path().join("layout")).unwrap();
     assert_same_tree(&layout, &fresh.path().join("layout"));
+    fixtures::verify_layout(&layout).unwrap();
     fixtures::write_multiarch_layout(&fresh.path().join("multiarch")).unwrap();
     assert_same_tree(
         &fixtures::multiarch_layout(),
@@ -83,6 +84,18 @@ fn fixture_images_are_valid_and_deterministic() {
     let archive = fresh.path().join("busybox.docker.tar");
     fixtures::write_docker_archive(&fresh.path().join("layout"), &archive).unwrap();
     assert_eq!(sha256_file(&docker), sha256_file(&archive));
+
+    // A damaged layout is detected (the cache then rebuilds it).
+    let damaged = fresh.path().join("layout");
+    let blob = std::fs::read_dir(damaged.join("blobs/sha256"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&blob, b"changed by a careless test").unwrap();
+    let err = fixtures::verify_layout(&damaged).unwrap_err();
+    assert!(format!("{err:#}").contains("does not match"), "{err:#}");
 }
 
 /// Asserts that two directory trees hold the same files with the same bytes.
