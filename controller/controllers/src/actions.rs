@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::JobStatus;
 use k8s_openapi::api::core::v1::{
     Endpoints, NodeCondition, ObjectReference, Pod, PodCondition, Taint,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 /// `Normal` or `Warning`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +120,24 @@ pub enum Action {
         name: String,
         /// The node.
         node: String,
+    },
+    /// Add a controller owner reference to an orphan pod the controller's selector matches.
+    AdoptPod {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The reference to add.
+        owner: OwnerReference,
+    },
+    /// Remove the controller's owner reference from a pod its selector no longer matches.
+    ReleasePod {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The uid of the owner letting go.
+        owner_uid: String,
     },
     /// Delete a pod.
     DeletePod {

@@ -1,5 +1,6 @@
 //! ReplicaSet controller: keep `spec.replicas` active pods, deleting the least valuable
-//! first as upstream ranks them, and report the counts in the status.
+//! first as upstream ranks them, adopt matching orphans and release pods that stopped
+//! matching, and report the counts in the status.
 //!
 //! Deletion order (first deleted first): unbound before bound; Pending before Unknown
 //! before Running; not Ready before Ready; lower `controller.kubernetes.io/pod-deletion-cost`;
@@ -7,7 +8,9 @@
 //! ties by uid); more container restarts; created more recently (log₂ buckets, ties by uid).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use flotilla_scheduler::selectors::label_selector_matches;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
@@ -27,15 +30,11 @@ pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost"
 /// One reconcile step for a ReplicaSet given all pods of its namespace.
 pub fn reconcile(rs: &ReplicaSet, pods: &[Pod], now: Timestamp) -> Vec<Action> {
     let mut actions = Vec::new();
-    let uid = rs.metadata.uid.as_deref().unwrap_or("");
-    let owned: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| controlled_by(&p.metadata, uid))
-        .collect();
-    let active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
     let Some(spec) = rs.spec.as_ref() else {
         return actions;
     };
+    let owned = claim(rs, pods, &mut actions);
+    let active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
     let desired = spec.replicas.unwrap_or(1).max(0) as usize;
     let me = reference("apps/v1", "ReplicaSet", &rs.metadata);
 
@@ -73,6 +72,58 @@ pub fn reconcile(rs: &ReplicaSet, pods: &[Pod], now: Timestamp) -> Vec<Action> {
         actions.push(Action::UpdateStatus(Box::new(Status::ReplicaSet(status))));
     }
     actions
+}
+
+/// Upstream's pod claiming: the ReplicaSet's pods are those it controls and its selector
+/// matches, plus orphans the selector matches (adopted); pods it controls that no longer
+/// match are released. A ReplicaSet being deleted neither adopts nor releases.
+fn claim<'a>(rs: &ReplicaSet, pods: &'a [Pod], actions: &mut Vec<Action>) -> Vec<&'a Pod> {
+    let uid = rs.metadata.uid.as_deref().unwrap_or("");
+    let selector = rs.spec.as_ref().map(|s| &s.selector);
+    let selector_empty = selector.is_none_or(|s| {
+        s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+    });
+    let matches = |p: &Pod| {
+        !selector_empty
+            && selector.is_some_and(|s| {
+                label_selector_matches(s, p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+            })
+    };
+    let deleting = rs.metadata.deletion_timestamp.is_some();
+    let ns = rs.metadata.namespace.as_deref().unwrap_or("default");
+    let mut mine = Vec::new();
+    for p in pods.iter().filter(|p| pods::namespace(p) == ns) {
+        let has_controller = p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true));
+        if controlled_by(&p.metadata, uid) {
+            if matches(p) || deleting {
+                mine.push(p);
+            } else {
+                actions.push(Action::ReleasePod {
+                    namespace: ns.to_owned(),
+                    name: pods::name(p).to_owned(),
+                    owner_uid: uid.to_owned(),
+                });
+            }
+        } else if !has_controller
+            && !deleting
+            && p.metadata.deletion_timestamp.is_none()
+            && matches(p)
+        {
+            actions.push(Action::AdoptPod {
+                namespace: ns.to_owned(),
+                name: pods::name(p).to_owned(),
+                owner: controller_ref("apps/v1", "ReplicaSet", &rs.metadata),
+            });
+            mine.push(p);
+        }
+    }
+    mine
 }
 
 fn status(rs: &ReplicaSet, active: &[&Pod], now: Timestamp) -> ReplicaSetStatus {
@@ -221,7 +272,14 @@ mod tests {
     }
 
     fn pods(vs: Vec<Value>) -> Vec<Pod> {
-        vs.into_iter().map(from).collect()
+        vs.into_iter()
+            .map(|mut v| {
+                if v["metadata"]["labels"].is_null() {
+                    v["metadata"]["labels"] = json!({"app": "web"});
+                }
+                from(v)
+            })
+            .collect()
     }
 
     fn now() -> Timestamp {
@@ -349,6 +407,31 @@ mod tests {
         let mut settled = rs(1);
         settled.status = Some(s.clone());
         assert!(reconcile(&settled, &ps, now()).is_empty());
+    }
+
+    #[test]
+    fn orphans_are_adopted_and_strays_released() {
+        let mut orphan = pod("orphan", "x", "Running", true, Some("n1"));
+        orphan["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ownerReferences");
+        let mut stray = pod("stray", "rs-uid", "Running", true, Some("n1"));
+        stray["metadata"]["labels"] = json!({"app": "other"});
+        let foreign = pod("foreign", "someone-else", "Running", true, Some("n1"));
+        let actions = reconcile(&rs(1), &pods(vec![orphan, stray, foreign]), now());
+        assert!(actions.iter().any(|a| matches!(a, Action::AdoptPod { name, owner, .. } if name == "orphan" && owner.uid == "rs-uid")));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::ReleasePod { name, .. } if name == "stray"))
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::CreatePod { .. } | Action::DeletePod { .. })),
+            "the adopted orphan is the one replica"
+        );
     }
 
     #[test]
