@@ -84,6 +84,8 @@ impl Registry {
     ) -> (async_channel::Receiver<Arc<Event>>, u64) {
         let (tx, rx) = async_channel::bounded(capacity.max(1));
         let mut slots = self.slots.lock().unwrap();
+        // Forget watchers dropped since the last write (publish forgets them too).
+        slots.retain(|slot| !slot.tx.is_closed());
         slots.push(Slot { prefix, tx });
         (rx, self.published.load(Ordering::Acquire))
     }
