@@ -116,13 +116,14 @@ fn unpack_all(
                     }
                     match store.ensure_layer(&blobs[i], &diff_ids[i]) {
                         Ok(fresh) => {
+                            // Layers already there were reported by whoever unpacked them.
                             if fresh {
                                 created.lock().unwrap().push(diff_ids[i].clone());
+                                progress(&Event::Unpacked {
+                                    diff_id: diff_ids[i].clone(),
+                                    fresh,
+                                });
                             }
-                            progress(&Event::Unpacked {
-                                diff_id: diff_ids[i].clone(),
-                                fresh,
-                            });
                         }
                         Err(e) => {
                             first_error.lock().unwrap().get_or_insert(e);

@@ -103,19 +103,48 @@ fn pull_from(
         .iter()
         .map(|l| (l.digest.clone(), l.size))
         .collect();
-    download_all(store, client, &blobs, opts.parallel.max(1), progress)?;
-    let records = install(
+    let config = store.config(&manifest.config.digest)?;
+    if config.rootfs.diff_ids.len() != blobs.len() {
+        bail!(
+            "image {manifest_digest} is inconsistent: {} layers in the manifest but {} diff ids in the config",
+            blobs.len(),
+            config.rootfs.diff_ids.len()
+        );
+    }
+    // Layers unpacked by this pull are removed again if it fails; verified blobs stay
+    // as a cache for the next attempt (prune removes them).
+    let created = Mutex::new(Vec::new());
+    let result = download_all(
         store,
-        &[reference.to_string()],
-        &manifest_digest,
-        &source_digest,
-        opts.pinned,
+        client,
+        &blobs,
+        &config.rootfs.diff_ids,
+        opts.parallel.max(1),
+        &created,
         progress,
-    )?;
-    records
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("no record written"))
+    )
+    .and_then(|()| {
+        install(
+            store,
+            &[reference.to_string()],
+            &manifest_digest,
+            &source_digest,
+            opts.pinned,
+            progress,
+        )
+    });
+    match result {
+        Ok(records) => records
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("no record written")),
+        Err(e) => {
+            for d in created.into_inner().unwrap() {
+                let _ = std::fs::remove_dir_all(store.layer_dir(&d));
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Fetches the config and refuses images built for another platform (a single-platform
@@ -143,11 +172,15 @@ fn check_platform(
     Ok(())
 }
 
+/// Downloads the layers on `parallel` threads; each layer is unpacked as soon as it is
+/// complete, so unpacking overlaps the remaining downloads.
 fn download_all(
     store: &ImageStore,
     client: &RegistryClient,
     blobs: &[(Digest, u64)],
+    diff_ids: &[Digest],
     parallel: usize,
+    created: &Mutex<Vec<Digest>>,
     progress: Progress<'_>,
 ) -> Result<()> {
     let next = AtomicUsize::new(0);
@@ -163,9 +196,23 @@ fn download_all(
                     let Some((digest, size)) = blobs.get(i) else {
                         return;
                     };
-                    if let Err(e) = client.fetch_blob(store.content(), digest, *size, progress) {
-                        first_error.lock().unwrap().get_or_insert(e);
-                        return;
+                    let result = client
+                        .fetch_blob(store.content(), digest, *size, progress)
+                        .and_then(|()| store.ensure_layer(digest, &diff_ids[i]));
+                    match result {
+                        Ok(fresh) => {
+                            if fresh {
+                                created.lock().unwrap().push(diff_ids[i].clone());
+                            }
+                            progress(&Event::Unpacked {
+                                diff_id: diff_ids[i].clone(),
+                                fresh,
+                            })
+                        }
+                        Err(e) => {
+                            first_error.lock().unwrap().get_or_insert(e);
+                            return;
+                        }
                     }
                 }
             });

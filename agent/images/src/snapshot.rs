@@ -64,6 +64,8 @@ pub fn mount(
     force_copy: bool,
 ) -> Result<Snapshot> {
     check_id(id)?;
+    // Held until the snapshot records its image, so prune cannot remove it meanwhile.
+    let _lock = store.lock_shared()?;
     let rec = store.resolve(image)?;
     let dir = snapshot_dir(store, id);
     if dir.exists() {

@@ -232,6 +232,11 @@ impl ImageStore {
             let file = self.content.open_blob(blob)?;
             unpack::unpack_layer(file, &tmp, Some(diff_id))
                 .with_context(|| format!("unpacking layer {diff_id}"))?;
+            // The layer's files reach the disk before the rename marks it complete:
+            // a power cut (common on small boards) never leaves a layer that looks
+            // whole but holds truncated files.
+            let dir = File::open(&tmp)?;
+            rustix::fs::syncfs(&dir).context("syncing the unpacked layer")?;
             match fs::rename(&tmp, &dest) {
                 Ok(()) => Ok(true),
                 // Someone else finished the same layer first.

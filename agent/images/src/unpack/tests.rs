@@ -123,6 +123,33 @@ fn unpacks_files_dirs_links_and_metadata() {
 }
 
 #[test]
+fn pax_xattrs_are_kept_and_overlay_ones_dropped() {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.flotilla", &b"kept"[..]),
+        ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+    ])
+    .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "file", &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let (dir, r) = unpack(&tar);
+    r.unwrap();
+    let path = dir.path().join("layer/file");
+    let mut buf = [0u8; 16];
+    match rustix::fs::getxattr(path.as_path(), "user.flotilla", &mut buf) {
+        Ok(n) => assert_eq!(&buf[..n], b"kept"),
+        Err(Errno::NOTSUP) => {
+            eprintln!("user xattrs unsupported here; only checking the overlay one")
+        }
+        Err(e) => panic!("user.flotilla missing: {e}"),
+    }
+    assert!(rustix::fs::getxattr(path.as_path(), "trusted.overlay.redirect", &mut buf).is_err());
+}
+
+#[test]
 fn diff_id_mismatch_is_an_error() {
     let tar = TarMaker::new().file("a", b"x").finish();
     let dir = tempfile::tempdir().unwrap();
