@@ -210,6 +210,58 @@ fn multiarch_index_picks_host_platform_or_the_one_asked_for() {
 }
 
 #[test]
+fn docker_schema2_manifests_and_manifest_lists() {
+    require_root!();
+    let registry = Registry::start();
+    let push_v2s2 = |layout: &Path, name: &str, all: bool| {
+        let src = format!("oci:{}:{}", layout.display(), fixtures::TAG);
+        let dest = format!("docker://{}", registry.reference(name));
+        let mut args = vec![
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+        ];
+        if all {
+            args.push("--all");
+        }
+        args.extend([src.as_str(), dest.as_str()]);
+        registry.skopeo(&args).unwrap();
+        registry.reference(name)
+    };
+    let single = push_v2s2(&fixtures::busybox_layout(), "v2s2/busybox:1", false);
+    let list = push_v2s2(&fixtures::multiarch_layout(), "v2s2/multi:1", true);
+    let store = Store::new();
+    let empty = store.registries("");
+    let empty = empty.to_str().unwrap();
+
+    store.ok(&["--registries", empty, "pull", &single]);
+    let info = store.inspect(&single);
+    assert_eq!(
+        info["manifest"]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert!(store.image_file(&single, "etc/passwd").is_some());
+
+    store.ok(&[
+        "--registries",
+        empty,
+        "pull",
+        "--platform",
+        "linux/arm/v7",
+        &list,
+    ]);
+    assert_eq!(
+        store
+            .image_file(&list, fixtures::PLATFORM_FILE)
+            .unwrap()
+            .trim(),
+        "linux/arm/v7"
+    );
+}
+
+#[test]
 fn htpasswd_registry_with_credentials_from_the_config() {
     require_root!();
     let registry = Registry::start_with_htpasswd("fleet", "s3cret");
