@@ -739,7 +739,11 @@ fn container_runs_on_an_imported_images_overlay_rootfs() {
          grep -q ' {b}/rootfs overlay ' /proc/self/mounts && echo overlay-mounted\n\
          {a} runtime --root {d}/runtime run --bundle {b} c1\n\
          cat {u}\n\
-         {a} image --data-dir {d} unmount c1\n",
+         {a} image --data-dir {d} unmount c1\n\
+         {a} image --data-dir {d} mount --copy fleet/busybox:run {b}/rootfs --id c2\n\
+         ! grep -q ' {b}/rootfs overlay ' /proc/self/mounts\n\
+         test -x {b}/rootfs/bin/busybox && test -f {d}/snapshots/c2/rootfs/etc/passwd && echo copy-mounted\n\
+         {a} image --data-dir {d} unmount c2\n",
         a = agent.display(),
         d = data.display(),
         b = bundle.display(),
@@ -757,6 +761,7 @@ fn container_runs_on_an_imported_images_overlay_rootfs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("overlay-mounted"), "{stdout}");
+    assert!(stdout.contains("copy-mounted"), "{stdout}");
     assert!(stdout.contains("container-ok"), "{stdout}");
     assert!(stdout.contains("root:x:0:"), "{stdout}");
     // The write landed in the container's upper dir, not in the shared layer.
@@ -776,6 +781,10 @@ fn container_runs_on_an_imported_images_overlay_rootfs() {
             .exists()
     );
     assert!(!data.join("snapshots/c1").exists(), "snapshot not removed");
+    assert!(
+        !data.join("snapshots/c2").exists(),
+        "copy snapshot not removed"
+    );
     // In use no more: rm works without --force.
     store.ok(&["rm", "fleet/busybox:run"]);
 }
