@@ -438,6 +438,47 @@ fn interrupted_download_resumes_with_range_requests() {
     assert!(data == noise(24 << 20, 42), "unpacked content differs");
 }
 
+#[test]
+fn killed_pull_resumes_its_partial_blob_on_the_next_run() {
+    require_root!();
+    let registry = Registry::start();
+    let store = Store::new();
+    let layout = big_layout(store.dir.path(), 16);
+    let image = registry
+        .push_layout(&layout, "latest", "big:2", false)
+        .unwrap();
+    let empty = store.registries("");
+    let empty = empty.to_str().unwrap();
+
+    let cmd = store.cmd(&["--registries", empty, "pull", "--limit-rate", "2M", &image]);
+    let mut pull = Process::spawn(cmd).named("pull");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partial_bytes(&store.data()) < 2 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "download did not start:\n{}",
+            pull.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // An agent killed mid-pull (crash, power cut, restart) leaves a partial blob.
+    pull.kill();
+    let kept = partial_bytes(&store.data());
+    assert!(store.names().is_empty());
+
+    let out = store.run(&["--registries", empty, "pull", &image]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let resumed_at: u64 = err
+        .lines()
+        .find_map(|l| l.split("resuming at ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resumed download in:\n{err}"));
+    assert_eq!(resumed_at, kept);
+    assert_eq!(store.names(), vec![image]);
+}
+
 /// The largest blob file in the registry's storage (the layer).
 fn largest_blob(root: &Path) -> PathBuf {
     let mut best: Option<(u64, PathBuf)> = None;
