@@ -327,3 +327,9 @@ impl std::fmt::Debug for Store {
             .finish()
     }
 }
+
+// The store is shared by every task and thread of the controller.
+const _: fn() = || {
+    fn is_shared<T: Clone + Send + Sync + 'static>() {}
+    is_shared::<Store>();
+};
