@@ -377,3 +377,87 @@ pub struct GcStats {
     /// Partial downloads and temporaries deleted.
     pub partials: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::install::install;
+
+    /// Stores an image without layers under `name`.
+    fn add_image(store: &ImageStore, name: &str, tag: &str) -> ImageRecord {
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"tag":"{tag}"}}"#
+        );
+        let cd = store.content().put_bytes(config.as_bytes(), None).unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{cd}","size":{}}},"layers":[]}}"#,
+            crate::manifest::OCI_MANIFEST,
+            crate::manifest::OCI_CONFIG,
+            config.len()
+        );
+        let md = store
+            .content()
+            .put_bytes(manifest.as_bytes(), None)
+            .unwrap();
+        install(
+            store,
+            &[name.to_string()],
+            &md,
+            &md,
+            false,
+            &crate::progress::silent,
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn resolves_names_digests_and_id_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let rec = add_image(&store, "docker.io/library/busybox:1.36", "a");
+        assert_eq!(store.resolve("busybox:1.36").unwrap(), rec);
+        assert_eq!(
+            store.resolve("docker.io/library/busybox:1.36").unwrap(),
+            rec
+        );
+        assert_eq!(
+            store.resolve(&format!("busybox@{}", rec.manifest)).unwrap(),
+            rec
+        );
+        assert_eq!(store.resolve(&rec.config.to_string()).unwrap(), rec);
+        assert_eq!(store.resolve(&rec.config.hex()[..12]).unwrap(), rec);
+        let err = store.resolve("busybox:1.37").unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        assert!(store.resolve("abc").is_err());
+    }
+
+    #[test]
+    fn rm_refuses_pinned_and_used_images_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let rec = add_image(&store, "example.com/app:1", "a");
+        add_image(&store, "example.com/other:1", "b");
+        store.set_pinned("example.com/app:1", true).unwrap();
+        let err = store.remove("example.com/app:1", false).unwrap_err();
+        assert!(err.to_string().contains("pinned"), "{err}");
+        store.set_pinned("example.com/app:1", false).unwrap();
+
+        let snap = dir.path().join("snapshots/c1");
+        fs::create_dir_all(&snap).unwrap();
+        fs::write(snap.join("image"), rec.manifest.to_string()).unwrap();
+        let err = store.remove("example.com/app:1", false).unwrap_err();
+        assert!(err.to_string().contains("used by container(s) c1"), "{err}");
+        // Prune keeps the used image and removes the unused one.
+        let (removed, _) = store.prune().unwrap();
+        assert_eq!(removed, vec!["example.com/other:1".to_string()]);
+        assert!(store.content().has(&rec.manifest));
+        // Forced removal drops the name; the snapshot still keeps its content.
+        store.remove("example.com/app:1", true).unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert!(store.content().has(&rec.manifest) && store.content().has(&rec.config));
+        fs::remove_dir_all(&snap).unwrap();
+        store.prune().unwrap();
+        assert!(store.content().list().unwrap().is_empty());
+    }
+}
