@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+/// A commit slower than this is logged as a warning.
+const SLOW_COMMIT: Duration = Duration::from_millis(500);
+
 pub(crate) enum Op {
     Create {
         key: Key,
@@ -115,6 +118,7 @@ impl Committer {
         let now = codec::now_millis();
         let mut results = Vec::with_capacity(replies.len());
         let mut events = Vec::new();
+        let started = Instant::now();
         let outcome = (|| -> Result<(u64, u64), StoreError> {
             let mut txn = self.db.get()?.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -154,6 +158,20 @@ impl Committer {
             }
             Ok((revision, compacted))
         })();
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            tracing::warn!(
+                millis = took.as_millis() as u64,
+                writes = replies.len(),
+                "slow store commit: the disk is slow or busy"
+            );
+        } else {
+            tracing::debug!(
+                micros = took.as_micros() as u64,
+                writes = replies.len(),
+                "store commit"
+            );
+        }
         match outcome {
             Ok((revision, compacted)) => {
                 self.revision = revision;
