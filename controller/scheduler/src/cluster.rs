@@ -48,12 +48,13 @@ struct Usage {
     nonzero_memory: i64,
     pods: i64,
     ports: Vec<HostPort>,
-    owners: HashMap<u32, u32>,
 }
 
 #[derive(Debug, Clone)]
 struct Slot {
     name: String,
+    /// Position of the name in sorted order, for cheap tie-breaks.
+    rank: u32,
     node: Option<NodeView>,
     usage: Usage,
 }
@@ -78,6 +79,9 @@ pub struct Cluster {
     index: HashMap<String, usize>,
     pods: HashMap<String, BoundPod>,
     owner_ids: HashMap<String, u32>,
+    /// Per owner, how many of its pods each slot holds (kept apart from the per-node
+    /// usage so a decision reads one dense array instead of a map per node).
+    owner_pods: HashMap<u32, HashMap<usize, u32>>,
     with_anti_affinity: BTreeSet<String>,
     version: u64,
 }
@@ -118,6 +122,8 @@ struct Incoming<'a> {
     tolerations: &'a [Toleration],
     tolerates_cordon: bool,
     owner: Option<u32>,
+    /// Pods of the same owner per slot (empty without an owner).
+    same_owner: Vec<u32>,
     only_nodes: Option<BTreeSet<String>>,
     affinity: Option<AffinityCheck>,
     /// Per topology key, the domains the pod's anti-affinity rules out.
@@ -230,8 +236,15 @@ impl Cluster {
         if let Some(&i) = self.index.get(name) {
             return i;
         }
+        let rank = self.slots.iter().filter(|s| s.name.as_str() < name).count() as u32;
+        for s in &mut self.slots {
+            if s.rank >= rank {
+                s.rank += 1;
+            }
+        }
         self.slots.push(Slot {
             name: name.to_owned(),
+            rank,
             node: None,
             usage: Usage::default(),
         });
@@ -310,7 +323,12 @@ impl Cluster {
         usage.pods += 1;
         usage.ports.extend(bound.ports.iter().cloned());
         if let Some(o) = owner {
-            *usage.owners.entry(o).or_insert(0) += 1;
+            *self
+                .owner_pods
+                .entry(o)
+                .or_default()
+                .entry(slot)
+                .or_insert(0) += 1;
         }
         if !bound.anti_affinity.is_empty() {
             self.with_anti_affinity.insert(key.clone());
@@ -338,11 +356,12 @@ impl Cluster {
             }
         }
         if let Some(o) = bound.owner
-            && let Some(n) = usage.owners.get_mut(&o)
+            && let Some(per_slot) = self.owner_pods.get_mut(&o)
+            && let Some(n) = per_slot.get_mut(&bound.slot)
         {
             *n -= 1;
             if *n == 0 {
-                usage.owners.remove(&o);
+                per_slot.remove(&bound.slot);
             }
         }
     }
@@ -463,6 +482,16 @@ impl Cluster {
                 &taint(UNSCHEDULABLE, "NoSchedule"),
             ),
             owner,
+            same_owner: owner
+                .and_then(|o| self.owner_pods.get(&o))
+                .map(|per_slot| {
+                    let mut dense = vec![0; self.slots.len()];
+                    for (slot, n) in per_slot {
+                        dense[*slot] = *n;
+                    }
+                    dense
+                })
+                .unwrap_or_default(),
             only_nodes,
             affinity,
             anti,
@@ -560,10 +589,7 @@ impl Cluster {
             prefer_no_schedule: untolerated_prefer_no_schedule(&node.taints, inc.tolerations),
             node_affinity: preferred_node_affinity_score(inc.spec, &slot.name, &node.labels),
             resources: least_allocated + balanced,
-            same_owner: inc
-                .owner
-                .and_then(|o| u.owners.get(&o))
-                .map_or(0, |n| i64::from(*n)),
+            same_owner: inc.same_owner.get(i).map_or(0, |n| i64::from(*n)),
         }
     }
 
@@ -584,7 +610,7 @@ impl Cluster {
         let spread = |c: &Candidate| c.same_owner + 2;
         let max_spread = candidates.iter().map(spread).max().unwrap_or(0);
         let min_spread = candidates.iter().map(spread).min().unwrap_or(0);
-        let mut best: Option<(i64, &str, usize)> = None;
+        let mut best: Option<(i64, u32, usize)> = None;
         for c in candidates {
             let taint_score = if max_taints == 0 {
                 MAX_SCORE
@@ -602,15 +628,15 @@ impl Cluster {
                 MAX_SCORE * (max_spread + min_spread - spread(c)) / max_spread
             };
             let total = 3 * taint_score + 2 * affinity_score + c.resources + 2 * spread_score;
-            let name = self.slots[c.slot].name.as_str();
+            let rank = self.slots[c.slot].rank;
             let better = match best {
                 None => true,
-                Some((score, best_name, _)) => {
-                    total > score || (total == score && name < best_name)
+                Some((score, best_rank, _)) => {
+                    total > score || (total == score && rank < best_rank)
                 }
             };
             if better {
-                best = Some((total, name, c.slot));
+                best = Some((total, rank, c.slot));
             }
         }
         best.map(|(_, _, slot)| slot).unwrap_or(candidates[0].slot)
