@@ -54,6 +54,49 @@ fn concurrent_creates_share_group_commits() {
     );
 }
 
+#[test]
+fn batches_are_bounded_by_count_and_bytes() {
+    let run = |options: StoreOptions, value_len: usize| {
+        let dir = TempDir::new().unwrap();
+        let store = Store::open(&dir.path().join("store.redb"), options).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..4 {
+                        let key = Key::new("pods", "b", format!("{t}-{i}"));
+                        store.create_blocking(key, vec![b'v'; value_len]).unwrap();
+                    }
+                });
+            }
+        });
+        let stats = store.stats();
+        assert_eq!(stats.writes, 64);
+        stats.commits
+    };
+    // At most 4 writes per commit.
+    let commits = run(
+        StoreOptions {
+            max_batch: 4,
+            ..StoreOptions::default()
+        },
+        10,
+    );
+    assert!(commits >= 16, "64 writes in {commits} commits of at most 4");
+    // 64 KiB values, 128 KiB per batch: at most 2 writes per commit.
+    let commits = run(
+        StoreOptions {
+            max_batch_bytes: 128 << 10,
+            ..StoreOptions::default()
+        },
+        64 << 10,
+    );
+    assert!(
+        commits >= 32,
+        "64 writes of 64 KiB in {commits} commits of at most 128 KiB"
+    );
+}
+
 const CHILD_ENV: &str = "FLOTILLA_STORE_CRASH_CHILD";
 
 /// Run by `acknowledged_writes_survive_sigkill` in a child process: writes from 8
