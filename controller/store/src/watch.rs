@@ -52,7 +52,7 @@ impl Registry {
         if !events.is_empty() {
             slots.retain(|slot| {
                 for ev in events {
-                    if !codec_matches(&ev.object.key, &slot.prefix) {
+                    if !key_matches(&ev.object.key, &slot.prefix) {
                         continue;
                     }
                     if slot.tx.try_send(ev.clone()).is_err() {
@@ -91,7 +91,7 @@ impl Registry {
     }
 }
 
-fn codec_matches(key: &Key, prefix: &[u8]) -> bool {
+fn key_matches(key: &Key, prefix: &[u8]) -> bool {
     // Compare without allocating: prefix is `resource NUL [namespace NUL]`.
     let res = key.resource.as_bytes();
     if prefix.len() <= res.len() || &prefix[..res.len()] != res || prefix[res.len()] != 0 {
@@ -312,22 +312,22 @@ mod tests {
     #[test]
     fn prefix_matching_without_allocation() {
         let k = Key::new("pods", "default", "a");
-        assert!(codec_matches(&k, &crate::key::prefix("pods", None)));
-        assert!(codec_matches(
+        assert!(key_matches(&k, &crate::key::prefix("pods", None)));
+        assert!(key_matches(
             &k,
             &crate::key::prefix("pods", Some("default"))
         ));
-        assert!(!codec_matches(
+        assert!(!key_matches(
             &k,
             &crate::key::prefix("pods", Some("kube-system"))
         ));
-        assert!(!codec_matches(&k, &crate::key::prefix("pod", None)));
-        assert!(!codec_matches(&k, &crate::key::prefix("podsx", None)));
-        assert!(!codec_matches(
+        assert!(!key_matches(&k, &crate::key::prefix("pod", None)));
+        assert!(!key_matches(&k, &crate::key::prefix("podsx", None)));
+        assert!(!key_matches(
             &k,
             &crate::key::prefix("pods", Some("defaul"))
         ));
         let c = Key::cluster("nodes", "n1");
-        assert!(codec_matches(&c, &crate::key::prefix("nodes", Some(""))));
+        assert!(key_matches(&c, &crate::key::prefix("nodes", Some(""))));
     }
 }
