@@ -84,13 +84,21 @@ fn lease_renew(leases: &[Lease], node: &str) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
-fn node_condition(status: &str, reason: &str, message: &str, now: Timestamp) -> NodeCondition {
+/// The Ready condition this controller writes. The heartbeat time stays what the agent
+/// last wrote: the controller's own writes must not look like a sign of life.
+fn node_condition(
+    previous: Option<&NodeCondition>,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> NodeCondition {
     NodeCondition {
         type_: "Ready".to_owned(),
         status: status.to_owned(),
         reason: Some(reason.to_owned()),
         message: Some(message.to_owned()),
-        last_heartbeat_time: Some(Time(now)),
+        last_heartbeat_time: previous.and_then(|c| c.last_heartbeat_time.clone()),
         last_transition_time: Some(Time(now)),
     }
 }
@@ -160,6 +168,7 @@ impl NodeLifecycle {
                     actions.push(Action::SetNodeCondition {
                         node: name.to_owned(),
                         condition: node_condition(
+                            ready,
                             "Unknown",
                             REASON_UNKNOWN,
                             "Kubelet stopped posting node status.",
@@ -193,6 +202,7 @@ impl NodeLifecycle {
                 actions.push(Action::SetNodeCondition {
                     node: name.to_owned(),
                     condition: node_condition(
+                        ready,
                         "True",
                         REASON_READY,
                         "flotilla-agent is renewing its lease",
@@ -524,6 +534,40 @@ mod tests {
                 |a| matches!(a, Action::SetNodeCondition { condition, .. } if condition.status == "True")
             ));
             assert!(!has(&a, |a| matches!(a, Action::RemoveTaint { .. })));
+        }
+    }
+
+    #[test]
+    fn its_own_condition_writes_are_not_heartbeats() {
+        let mut c = NodeLifecycle::new(Config::default());
+        let mut n: Node = from(
+            json!({"metadata": {"name": "n1"}, "status": {"conditions": [
+            {"type": "Ready", "status": "True", "lastHeartbeatTime": t(0).to_string()}]}}),
+        );
+        c.reconcile(std::slice::from_ref(&n), &[], &[], t(0));
+        let a = c.reconcile(std::slice::from_ref(&n), &[], &[], t(41));
+        let Some(Action::SetNodeCondition { condition, .. }) = a
+            .iter()
+            .find(|a| matches!(a, Action::SetNodeCondition { .. }))
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            condition.last_heartbeat_time,
+            Some(Time(t(0))),
+            "the agent's heartbeat is kept"
+        );
+        // Apply the write and look again: the node stays Unknown.
+        n.status.as_mut().unwrap().conditions = Some(vec![condition.clone()]);
+        for s in [42, 60, 100] {
+            let a = c.reconcile(std::slice::from_ref(&n), &[], &[], t(s));
+            assert!(
+                !has(&a, |a| matches!(
+                    a,
+                    Action::SetNodeCondition { .. } | Action::RemoveTaint { .. }
+                )),
+                "{a:?}"
+            );
         }
     }
 
