@@ -603,6 +603,45 @@ fn imports_skopeo_made_oci_and_docker_archives() {
     assert!(err.contains("not found"), "{err}");
 }
 
+#[test]
+fn airgap_folder_is_imported_pinned_and_only_once() {
+    require_root!();
+    let store = Store::new();
+    let folder = store.data().join("images");
+    fs::create_dir_all(&folder).unwrap();
+    fs::copy(
+        fixtures::busybox_docker_archive(),
+        folder.join("busybox.tar"),
+    )
+    .unwrap();
+    fs::write(folder.join("notes.txt"), "not an image").unwrap();
+
+    let out = store.ok(&["import-airgap"]);
+    assert!(
+        out.starts_with("docker.io/flotilla/busybox:latest sha256:"),
+        "{out}"
+    );
+    assert!(
+        store
+            .ok(&["ls"])
+            .lines()
+            .any(|l| l.contains("flotilla/busybox") && l.ends_with("yes"))
+    );
+    // Already imported: the next start does not read it again.
+    assert_eq!(store.ok(&["import-airgap"]), "");
+    // Pinned: prune keeps it.
+    store.ok(&["prune"]);
+    assert_eq!(store.names().len(), 1);
+
+    // A broken archive is reported, and does not stop the others.
+    fs::write(folder.join("broken.tar"), b"garbage").unwrap();
+    let err = store.fails(&["import-airgap"]);
+    assert!(
+        err.contains("broken.tar") && err.contains("1 archive(s) could not be imported"),
+        "{err}"
+    );
+}
+
 /// A raw tar entry, bypassing the checks of tar::Builder (which refuses `..`).
 fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
     let mut h = tar::Header::new_ustar();
