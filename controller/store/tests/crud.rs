@@ -329,3 +329,40 @@ fn open_errors_name_the_file() {
     let err = Store::open(&junk, StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("junk.redb"), "{err}");
 }
+
+#[test]
+fn reopening_with_file_compaction_keeps_everything() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store.redb");
+    let revision = {
+        let store = open(&dir);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..12 {
+                        let k = pod("c", &format!("{t}-{i}"));
+                        store.create_blocking(k.clone(), vec![b'x'; 5_000]).unwrap();
+                        if i % 4 != 0 {
+                            store.delete_blocking(&k, None).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        store.revision()
+    };
+    let options = StoreOptions {
+        compact_file_on_open: true,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&path, options).unwrap();
+    assert_eq!(store.revision(), revision);
+    let page = store.list("pods", Some("c"), None, None).unwrap();
+    assert_eq!(page.items.len(), 24);
+    assert!(page.items.iter().all(|o| o.value.len() == 5_000));
+    let r = store
+        .create_blocking(pod("c", "after"), b"y".to_vec())
+        .unwrap();
+    assert_eq!(r, revision + 1);
+}
