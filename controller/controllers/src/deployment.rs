@@ -278,7 +278,25 @@ pub fn reconcile(
         step.actions
             .push(Action::UpdateStatus(Box::new(Status::Deployment(status))));
     }
-    step.actions
+    coalesce_updates(step.actions)
+}
+
+/// One update per ReplicaSet per step: the last version wins, in the place of the first,
+/// so the driver never writes an object twice on one resourceVersion.
+fn coalesce_updates(actions: Vec<Action>) -> Vec<Action> {
+    let mut out: Vec<Action> = Vec::with_capacity(actions.len());
+    for a in actions {
+        if let Action::UpdateReplicaSet(rs) = &a
+            && let Some(slot) = out.iter_mut().find(
+                |x| matches!(x, Action::UpdateReplicaSet(prev) if prev.metadata.name == rs.metadata.name),
+            )
+        {
+            *slot = a;
+            continue;
+        }
+        out.push(a);
+    }
+    out
 }
 
 /// The deployment's annotations a ReplicaSet inherits (`kubernetes.io/change-cause`

@@ -589,6 +589,41 @@ fn scaling_mid_rollout_is_shared_out_in_proportion() {
 }
 
 #[test]
+fn each_replicaset_is_updated_at_most_once_per_step() {
+    // The old ReplicaSet is cut twice in one step: first its two unavailable pods, then
+    // one available pod down to the minimum. The driver must see one update, 5 -> 2.
+    let d = deployment(5, "v2", json!({}));
+    let mut old = replica_set("web-old", "v1", 5, "2026-01-01T00:00:00Z", 5, 7, 1);
+    old.status.as_mut().unwrap().available_replicas = Some(3);
+    let new = replica_set("web-new", "v2", 2, "2026-01-01T00:01:00Z", 5, 7, 2);
+    let actions = reconcile(&d, &[old, new], &[], at("2026-01-01T00:02:00Z"));
+    let updates: Vec<(String, i32)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::UpdateReplicaSet(rs) => {
+                Some((rs.metadata.name.clone().unwrap(), spec_replicas(rs)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates, [("web-old".to_owned(), 2)]);
+    let events: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "Scaled down replica set web-old from 5 to 3",
+            "Scaled down replica set web-old from 3 to 2"
+        ]
+    );
+}
+
+#[test]
 fn scaling_down_mid_rollout_takes_from_the_largest_first() {
     let d = deployment(4, "v2", json!({}));
     let rss = vec![
