@@ -110,6 +110,16 @@ fn usage() -> (f64, u64) {
     (cpu, hwm)
 }
 
+/// Current resident set in KiB.
+fn rss_now() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -122,6 +132,8 @@ fn main() {
     let pods: Vec<Pod> = (0..pods_n).map(|i| make_pod(i, &mut rng)).collect();
     let runs = args.get(2).copied().unwrap_or(5).max(1);
 
+    let rss_inputs = rss_now();
+    let mut state_kib = 0;
     let (cpu_before, _) = usage();
     let wall_start = Instant::now();
     let mut rates = Vec::new();
@@ -140,6 +152,7 @@ fn main() {
             latencies.push(t.elapsed());
         }
         rates.push(pods_n as f64 / start.elapsed().as_secs_f64());
+        state_kib = state_kib.max(rss_now().saturating_sub(rss_inputs));
     }
     let wall = wall_start.elapsed().as_secs_f64();
     let (cpu_after, rss_kib) = usage();

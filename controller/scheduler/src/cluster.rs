@@ -1,8 +1,10 @@
 //! The scheduler's picture of the cluster and the scheduling decision itself.
 //!
 //! [`Cluster`] keeps, for every node, its static facts (labels, taints, allocatable) and
-//! an aggregate of the pods bound to it (requested resources, host ports, pods per owner),
-//! updated incrementally as pods are bound or go away, so a decision never rescans pods.
+//! an aggregate of the pods bound to it (requested resources, host ports), and per owner
+//! how many of its pods each node holds — all updated incrementally as pods are bound or
+//! go away, so a decision never rescans pods (only pods with inter-pod (anti-)affinity
+//! terms look at the pods those terms select).
 //! [`Cluster::schedule`] runs kube-scheduler's filters in upstream order — NodeUnschedulable,
 //! TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit, InterPodAffinity — and,
 //! among feasible nodes, the scores: TaintToleration (PreferNoSchedule, weight 3),
