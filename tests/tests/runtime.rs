@@ -548,6 +548,8 @@ fn exec_joins_the_pid_namespace_cgroup_and_reports_exit_codes() {
     assert_eq!(stdout(&o), "b /tmp\n");
     let o = b.exec(&["--user", "65534:65534", "id"]);
     assert!(stdout(&o).contains("uid=65534"), "{}", stdout(&o));
+    let o = b.exec(&["--tty", "sh", "-c", "test -t 0 && test -t 1 && echo tty-ok"]);
+    assert!(stdout(&o).contains("tty-ok"), "exec --tty gets a terminal");
     let o = b.exec(&["/no/such/program"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/no/such/program"));

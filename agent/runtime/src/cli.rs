@@ -138,6 +138,7 @@ struct ExecCli {
 
 /// Runs the command.
 pub fn main(args: RuntimeArgs) -> ExitCode {
+    crate::trace::init();
     match dispatch(args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
@@ -286,7 +287,9 @@ fn run(rt: &Runtime, c: CreateArgs, detach: bool) -> Result<i32> {
         console_socket: c.console_socket.clone(),
         ..Default::default()
     };
+    crate::trace::phase("config loaded");
     let mut ct = rt.create_for_run(&c.id, &c.bundle, spec, opts)?;
+    crate::trace::phase("created");
     let console = ct.take_console();
     if let Err(e) = write_pid_file(&c.pid_file, ct.pid()).and_then(|_| ct.start()) {
         let _ = ct.delete(true);
@@ -295,12 +298,17 @@ fn run(rt: &Runtime, c: CreateArgs, detach: bool) -> Result<i32> {
     if detach {
         return Ok(0);
     }
+    crate::trace::phase("started");
     forward_signals(ct.pid());
     let proxy = console.map(|m| std::thread::spawn(move || crate::tty::proxy(m)));
     let status = ct.wait();
+    crate::trace::phase("exited");
     FORWARD_TO.store(0, Ordering::Relaxed);
+    if let Some(h) = proxy {
+        let _ = h.join();
+    }
     let del = ct.delete(true);
-    drop(proxy);
+    crate::trace::phase("deleted");
     let status = status?;
     del?;
     if status == crate::ExitStatus::OomKilled {
@@ -411,7 +419,10 @@ fn exec(rt: &Runtime, e: ExecCli) -> Result<i32> {
         .take()
         .map(|m| std::thread::spawn(move || crate::tty::proxy(m)));
     let st = p.wait()?;
-    drop(proxy);
+    // The copy ends when the last holder of the terminal is gone.
+    if let Some(h) = proxy {
+        let _ = h.join();
+    }
     Ok(st.code())
 }
 

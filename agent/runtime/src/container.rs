@@ -67,6 +67,8 @@ pub struct Container {
     console: Option<OwnedFd>,
     /// Whether start goes through exec.fifo (create) or the sync socket (run).
     via_fifo: bool,
+    /// The cgroup, once opened.
+    cgroup: std::cell::OnceCell<Cgroup>,
 }
 
 /// A process started by [`Container::exec`].
@@ -180,6 +182,7 @@ impl Runtime {
         via_fifo: bool,
     ) -> Result<Container> {
         let plan = Plan::new(id, bundle, spec)?;
+        crate::trace::phase("config validated");
         if let Err(e) = std::fs::create_dir_all(&self.root) {
             return Err(Error::io(
                 format!("creating state root {}", self.root.display()),
@@ -215,6 +218,7 @@ impl Runtime {
             None
         };
         let cgroup = Cgroup::open(&plan.cgroups_path)?;
+        crate::trace::phase("cgroup manager opened");
         let join = plan
             .namespaces
             .join
@@ -232,20 +236,56 @@ impl Runtime {
             last_cap: crate::capabilities::last_cap(),
             stdio: [0, 1, 2].map(|i| opts.stdio[i].as_ref().map(|f| f.as_raw_fd())),
         };
-        // SAFETY: the child only runs the intermediate code path and never returns.
-        let interm = unsafe { libc::fork() };
-        if interm < 0 {
-            return Err(Error::io("fork", std::io::Error::last_os_error()));
+        // The pid namespace applies to children: the init is forked straight into it
+        // (pid 1), after which this thread's own setting is restored.
+        let pid_join = join
+            .iter()
+            .find(|(f, _)| *f == CloneFlags::CLONE_NEWPID)
+            .map(|(_, fd)| fd);
+        let new_pid_ns = plan.namespaces.create.contains(CloneFlags::CLONE_NEWPID);
+        let restore = if pid_join.is_some() || new_pid_ns {
+            Some(
+                open_ns(
+                    Path::new("/proc/thread-self/ns/pid"),
+                    CloneFlags::CLONE_NEWPID,
+                )?
+                .1,
+            )
+        } else {
+            None
+        };
+        if let Some(fd) = pid_join {
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
+                .ctx(|| "joining the pid namespace".into())?;
+        } else if new_pid_ns {
+            nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+                .ctx(|| "creating the pid namespace".into())?;
         }
-        if interm == 0 {
+        // SAFETY: the child only runs the container set-up and never returns.
+        let pid = unsafe { libc::fork() };
+        let fork_err = std::io::Error::last_os_error();
+        if pid == 0 {
             drop(psock);
-            crate::init::intermediate(&args);
+            crate::init::container_child(&args);
+        }
+        if let Some(fd) = &restore {
+            // Without this the caller's next child would land in the container.
+            if let Err(e) = nix::sched::setns(fd, CloneFlags::CLONE_NEWPID) {
+                if pid > 0 {
+                    cleanup.pids.push(pid);
+                }
+                return Err(Error::errno("restoring the caller's pid namespace", e));
+            }
+        }
+        if pid < 0 {
+            return Err(Error::io("fork", fork_err));
         }
         drop(csock);
-        cleanup.pids.push(interm);
+        crate::trace::phase("forked");
+        cleanup.pids.push(pid);
         cleanup.cgroup = Some(cgroup);
         let cgroup = cleanup.cgroup.as_ref().expect("set above");
-        cgroup.join(interm)?;
+        cgroup.join(pid)?;
         if let Some(res) = plan
             .spec
             .linux()
@@ -255,21 +295,16 @@ impl Runtime {
             cgroup.apply(res)?;
         }
         sync::send(psock.as_raw_fd(), sync::GO, b"", None)
-            .ctx(|| "signalling the intermediate process".into())?;
-        let mut pid = None;
+            .ctx(|| "signalling the container process".into())?;
         let mut ready = false;
         let mut failure: Option<String> = None;
         let mut console = None;
-        while !(ready && pid.is_some()) {
+        while !ready {
             match sync::recv(&psock).ctx(|| "reading from the container init".into())? {
-                Some(m) if m.tag == sync::PID => {
-                    let p: i32 = m.text().parse().unwrap_or(0);
-                    if p > 0 {
-                        pid = Some(p);
-                        cleanup.pids.push(p);
-                    }
+                Some(m) if m.tag == sync::READY => {
+                    crate::trace::phase("init ready");
+                    ready = true
                 }
-                Some(m) if m.tag == sync::READY => ready = true,
                 Some(m) if m.tag == sync::CONSOLE => console = m.fd,
                 Some(m) if m.tag == sync::ERROR => {
                     failure.get_or_insert(m.text());
@@ -278,20 +313,14 @@ impl Runtime {
                 None => break,
             }
         }
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(interm, std::ptr::null_mut(), 0) };
-        cleanup.pids.retain(|p| *p != interm);
         if let Some(f) = failure {
             return Err(Error::Init(f));
         }
-        let pid = match (pid, ready) {
-            (Some(p), true) => p,
-            _ => {
-                return Err(Error::Init(
-                    "the container process exited during set-up".into(),
-                ));
-            }
-        };
+        if !ready {
+            return Err(Error::Init(
+                "the container process exited during set-up".into(),
+            ));
+        }
         if let (Some(sock), Some(master)) = (&opts.console_socket, &console) {
             crate::tty::send_to_console_socket(sock, master)?;
             console = None;
@@ -311,12 +340,17 @@ impl Runtime {
         };
         state.save(&dir)?;
         cleanup.armed = false;
+        let cell = std::cell::OnceCell::new();
+        if let Some(cg) = cleanup.cgroup.take() {
+            let _ = cell.set(cg);
+        }
         Ok(Container {
             root: self.root.clone(),
             state,
             sync: Some(psock),
             console,
             via_fifo,
+            cgroup: cell,
         })
     }
 
@@ -331,6 +365,7 @@ impl Runtime {
             sync: None,
             console: None,
             via_fifo,
+            cgroup: std::cell::OnceCell::new(),
         })
     }
 
@@ -377,6 +412,14 @@ impl Container {
     /// Takes the pty master received from the container (terminal without console socket).
     pub fn take_console(&mut self) -> Option<OwnedFd> {
         self.console.take()
+    }
+
+    fn cgroup(&self) -> Result<&Cgroup> {
+        if let Some(c) = self.cgroup.get() {
+            return Ok(c);
+        }
+        let c = Cgroup::open(&self.state.cgroups_path)?;
+        Ok(self.cgroup.get_or_init(|| c))
     }
 
     fn wrong(&self, status: Status, what: &str) -> Error {
@@ -445,8 +488,7 @@ impl Container {
             return Err(self.wrong(status, "cannot send a signal to a stopped container"));
         }
         if all {
-            let cg = Cgroup::open(&self.state.cgroups_path)?;
-            for pid in cg.pids()? {
+            for pid in self.cgroup()?.pids()? {
                 // SAFETY: plain kill.
                 unsafe { libc::kill(pid, signal) };
             }
@@ -467,7 +509,7 @@ impl Container {
     pub fn wait(&self) -> Result<ExitStatus> {
         let st = waitpid(self.state.pid)?;
         if st == ExitStatus::Signaled(libc::SIGKILL)
-            && Cgroup::open(&self.state.cgroups_path).is_ok_and(|c| c.oom_kills() > 0)
+            && self.cgroup().is_ok_and(|c| c.oom_kills() > 0)
         {
             return Ok(ExitStatus::OomKilled);
         }
@@ -476,7 +518,7 @@ impl Container {
 
     /// Resource usage (cpu, memory, pids, OOM kills).
     pub fn usage(&self) -> Result<Usage> {
-        Cgroup::open(&self.state.cgroups_path)?.usage()
+        self.cgroup()?.usage()
     }
 
     /// The cgroups path.
@@ -513,8 +555,7 @@ impl Container {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        let cg = Cgroup::open(&self.state.cgroups_path)?;
-        cg.remove()?;
+        self.cgroup()?.remove()?;
         let dir = Persisted::dir(&self.root, &self.state.id);
         std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))
     }
@@ -543,7 +584,7 @@ impl Container {
         } else {
             None
         };
-        let cgroup = Cgroup::open(&self.state.cgroups_path)?;
+        let cgroup = self.cgroup()?;
         let (psock, csock) = sync::pair().ctx(|| "creating the sync socket".into())?;
         let args = ExecArgs {
             process,

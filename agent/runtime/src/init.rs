@@ -1,6 +1,7 @@
-//! Code that runs in the forked children: the intermediate process (joins and creates
-//! namespaces, then clones the container process as a sibling with CLONE_PARENT so the
-//! caller can wait for it), the container's init, and an exec'd process.
+//! Code that runs in the forked children: the container's init (forked by the caller
+//! straight into the container's pid namespace, so the caller can wait for it), and for
+//! exec an intermediate process that joins the namespaces and clones the new process as
+//! a sibling with CLONE_PARENT.
 //!
 //! Children report failures to the parent over the sync socket and `_exit(1)`; they never
 //! return into the caller's code.
@@ -93,33 +94,36 @@ fn join_all(join: &[(CloneFlags, OwnedFd)]) -> Result<()> {
     Ok(())
 }
 
-/// The intermediate process of `create`. Never returns.
-pub fn intermediate(a: &InitArgs) -> ! {
-    let r = (|| -> Result<i32> {
-        join_all(a.join)?;
-        let create = a.plan.namespaces.create;
-        nix::sched::unshare(create - CloneFlags::CLONE_NEWCGROUP)
-            .ctx(|| format!("creating namespaces {create:?}"))?;
+/// The container's first process, forked by the caller already inside the new (or
+/// joined) pid namespace: joins and creates the other namespaces, waits until the
+/// caller has put it in its cgroup, then becomes the container's init. Never returns.
+pub fn container_child(a: &InitArgs) -> ! {
+    let r = (|| -> Result<()> {
+        for (flag, fd) in a.join {
+            if *flag != CloneFlags::CLONE_NEWPID {
+                nix::sched::setns(fd.as_fd(), *flag)
+                    .ctx(|| format!("joining namespace {flag:?}"))?;
+            }
+        }
+        let create =
+            a.plan.namespaces.create - CloneFlags::CLONE_NEWPID - CloneFlags::CLONE_NEWCGROUP;
+        nix::sched::unshare(create).ctx(|| format!("creating namespaces {create:?}"))?;
         wait_go(a.sock)?;
-        if create.contains(CloneFlags::CLONE_NEWCGROUP) {
+        if a.plan
+            .namespaces
+            .create
+            .contains(CloneFlags::CLONE_NEWCGROUP)
+        {
             nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
                 .ctx(|| "creating the cgroup namespace".into())?;
         }
-        let pid = clone_parent().ctx(|| "cloning the container init".into())?;
-        if pid == 0 {
-            let e = init(a);
-            fail(a.sock, &e);
-        }
-        Ok(pid)
+        Ok(())
     })();
-    match r {
-        Ok(pid) => {
-            let _ = sync::send(a.sock, sync::PID, pid.to_string().as_bytes(), None);
-            // SAFETY: leave without touching the parent's state.
-            unsafe { libc::_exit(0) }
-        }
-        Err(e) => fail(a.sock, &e),
+    if let Err(e) = r {
+        fail(a.sock, &e);
     }
+    let e = init(a);
+    fail(a.sock, &e)
 }
 
 /// The container's init: returns only the error that stopped it.

@@ -21,6 +21,7 @@ mod rootfs;
 pub mod seccomp;
 pub mod state;
 mod sync;
+pub mod trace;
 pub mod tty;
 
 pub use cgroups::Usage;
