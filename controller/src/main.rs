@@ -2,6 +2,7 @@
 
 mod api;
 mod bootstrap;
+mod drive;
 mod exec;
 mod loops;
 mod pki;
@@ -141,6 +142,7 @@ fn serve(data_dir: PathBuf, listen: SocketAddr, tls_san: Vec<String>) -> Result<
             .await
             .with_context(|| format!("listening on {listen}"))?;
         exec::spawn(loops::gc::run(api.clone(), gc_rx));
+        drive::spawn(api.clone())?;
         tracing::info!(%listen, kubeconfig = %pki::admin_kubeconfig(&data_dir).display(), "serving the Kubernetes API");
         server::serve(api, listener, tls).await
     })

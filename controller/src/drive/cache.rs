@@ -1,0 +1,266 @@
+//! Typed caches fed by store watches (kube-rs's reflector): list once, then watch from
+//! the list's revision; a watcher that ends is resumed from its last revision, and a
+//! `Gone` answer (history compacted) means listing again. Every change is handed to a
+//! routing function that turns it into work-queue keys.
+
+use super::Ctx;
+use crate::api::meta;
+use flotilla_store::{EventKind, StoreError};
+use k8s_openapi::Metadata;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
+pub type ObjKey = (String, String);
+
+/// What a cache may hold: a k8s-openapi object type.
+pub trait Object: DeserializeOwned + Metadata<Ty = ObjectMeta> + Send + Sync + 'static {}
+impl<T: DeserializeOwned + Metadata<Ty = ObjectMeta> + Send + Sync + 'static> Object for T {}
+
+/// Called with the old and new state of every changed object (`None`: absent).
+pub type Route<T> = fn(&Ctx, Option<&T>, Option<&T>);
+
+#[derive(Default)]
+struct Inner<T> {
+    items: HashMap<ObjKey, Arc<T>>,
+    /// Controller owner uid → objects it controls.
+    by_owner: HashMap<String, HashSet<ObjKey>>,
+}
+
+/// The objects of one resource as last seen, with an index by controller owner.
+pub struct Cache<T> {
+    /// The store's name for the resource (`pods`, `apps/deployments`).
+    pub store_name: &'static str,
+    inner: RwLock<Inner<T>>,
+    /// Every change up to this store revision is in the cache.
+    revision: AtomicU64,
+}
+
+fn key_of(meta: &ObjectMeta) -> ObjKey {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The uid of the object's controller owner reference.
+pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .as_deref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+impl<T: Object> Cache<T> {
+    /// An empty cache of the resource stored under `store_name`.
+    pub fn new(store_name: &'static str) -> Cache<T> {
+        Cache {
+            store_name,
+            inner: RwLock::new(Inner {
+                items: HashMap::new(),
+                by_owner: HashMap::new(),
+            }),
+            revision: AtomicU64::new(0),
+        }
+    }
+
+    /// The object at `key`.
+    pub fn get(&self, key: &ObjKey) -> Option<Arc<T>> {
+        self.read().items.get(key).cloned()
+    }
+
+    /// Every object.
+    pub fn list(&self) -> Vec<Arc<T>> {
+        self.read().items.values().cloned().collect()
+    }
+
+    /// Every object in `namespace`.
+    pub fn list_ns(&self, namespace: &str) -> Vec<Arc<T>> {
+        self.read()
+            .items
+            .iter()
+            .filter(|(k, _)| k.0 == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The objects whose controller owner has this uid.
+    pub fn owned_by(&self, uid: &str) -> Vec<Arc<T>> {
+        let g = self.read();
+        g.by_owner
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| g.items.get(k).cloned())
+            .collect()
+    }
+
+    /// The revision the cache has caught up with.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Waits (up to 10 s) until the cache has seen every change up to `rv`, so a
+    /// controller does not act twice on its own writes.
+    pub async fn wait_for(&self, rv: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.revision() < rv && Instant::now() < deadline {
+            smol::Timer::after(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner<T>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner<T>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, obj: T) -> (Option<Arc<T>>, Arc<T>) {
+        let key = key_of(obj.metadata());
+        let obj = Arc::new(obj);
+        let mut g = self.write();
+        let old = g.items.insert(key.clone(), obj.clone());
+        if let Some(uid) = old.as_ref().and_then(|o| controller_uid(o.metadata())) {
+            let uid = uid.to_owned();
+            unindex(&mut g, &uid, &key);
+        }
+        if let Some(uid) = controller_uid(obj.metadata()) {
+            g.by_owner.entry(uid.to_owned()).or_default().insert(key);
+        }
+        (old, obj)
+    }
+
+    fn remove(&self, key: &ObjKey) -> Option<Arc<T>> {
+        let mut g = self.write();
+        let old = g.items.remove(key)?;
+        if let Some(uid) = controller_uid(old.metadata()) {
+            let uid = uid.to_owned();
+            unindex(&mut g, &uid, key);
+        }
+        Some(old)
+    }
+}
+
+fn unindex<T>(g: &mut Inner<T>, uid: &str, key: &ObjKey) {
+    if let Some(set) = g.by_owner.get_mut(uid) {
+        set.remove(key);
+        if set.is_empty() {
+            g.by_owner.remove(uid);
+        }
+    }
+}
+
+fn decode<T: Object>(value: &[u8], revision: u64) -> Option<T> {
+    match serde_json::from_slice::<T>(value) {
+        Ok(mut obj) => {
+            obj.metadata_mut().resource_version = Some(revision.to_string());
+            Some(obj)
+        }
+        Err(e) => {
+            // Fall back to the API's own decoding (it tolerates what it stored).
+            let v = meta::decode(value, revision);
+            serde_json::from_value(v)
+                .map_err(
+                    |e2| tracing::warn!(error = %e, again = %e2, "undecodable object in the store"),
+                )
+                .ok()
+        }
+    }
+}
+
+/// Lists the resource, replaces the cache's contents and routes every difference.
+/// Returns the revision to watch from.
+pub fn relist<T: Object>(ctx: &Ctx, cache: &Cache<T>, route: Route<T>) -> Result<u64, StoreError> {
+    let page = ctx.api.store.list(cache.store_name, None, None, None)?;
+    let mut seen = HashSet::new();
+    for o in &page.items {
+        let Some(obj) = decode::<T>(&o.value, o.revision) else {
+            continue;
+        };
+        seen.insert((o.key.namespace.clone(), o.key.name.clone()));
+        let (old, new) = cache.insert(obj);
+        if old
+            .as_ref()
+            .is_none_or(|old| old.metadata().resource_version != new.metadata().resource_version)
+        {
+            route(ctx, old.as_deref(), Some(&new));
+        }
+    }
+    let gone: Vec<ObjKey> = cache
+        .read()
+        .items
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .cloned()
+        .collect();
+    for k in gone {
+        if let Some(old) = cache.remove(&k) {
+            route(ctx, Some(&old), None);
+        }
+    }
+    cache.revision.fetch_max(page.revision, Ordering::AcqRel);
+    Ok(page.revision)
+}
+
+/// Follows the resource forever from revision `from` (the initial list's).
+pub async fn follow<T: Object>(
+    ctx: Arc<Ctx>,
+    cache: fn(&Ctx) -> &Cache<T>,
+    route: Route<T>,
+    mut from: u64,
+) {
+    loop {
+        let c = cache(&ctx);
+        let mut relist_now = false;
+        match ctx.api.store.watch(c.store_name, None, Some(from)) {
+            Ok(mut w) => {
+                while let Some(ev) = w.next().await {
+                    let key = (ev.object.key.namespace.clone(), ev.object.key.name.clone());
+                    match ev.kind {
+                        EventKind::Deleted => {
+                            if let Some(old) = c.remove(&key) {
+                                route(&ctx, Some(&old), None);
+                            }
+                        }
+                        EventKind::Added | EventKind::Modified => {
+                            if let Some(obj) = decode::<T>(&ev.object.value, ev.object.revision) {
+                                let (old, new) = c.insert(obj);
+                                route(&ctx, old.as_deref(), Some(&new));
+                            }
+                        }
+                    }
+                    from = ev.object.revision;
+                    c.revision.fetch_max(w.progress(), Ordering::AcqRel);
+                }
+                match w.error() {
+                    Some(StoreError::Gone { .. }) => relist_now = true,
+                    Some(e) => tracing::warn!(resource = c.store_name, error = %e, "watch ended"),
+                    None => {}
+                }
+                from = from.max(w.progress());
+            }
+            Err(StoreError::Gone { .. }) => relist_now = true,
+            Err(e) => {
+                tracing::warn!(resource = c.store_name, error = %e, "cannot watch; retrying");
+                smol::Timer::after(Duration::from_secs(1)).await;
+            }
+        }
+        if relist_now {
+            match relist(&ctx, c, route) {
+                Ok(rev) => from = rev,
+                Err(e) => {
+                    tracing::warn!(resource = c.store_name, error = %e, "cannot list; retrying");
+                    smol::Timer::after(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        smol::Timer::after(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,155 @@
+//! Routing: which work-queue keys a change of each resource concerns (the watches'
+//! event handlers). A pod wakes its controller owner, the scheduler when unbound, and
+//! its namespace's services; a ReplicaSet wakes itself and its Deployment; a node wakes
+//! the scheduler's view, every DaemonSet and the node pass.
+
+use super::Ctx;
+use super::cache::ObjKey;
+use super::{nodes, scheduler};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+fn key(meta: &ObjectMeta) -> ObjKey {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+fn either<'a, T>(old: Option<&'a T>, new: Option<&'a T>) -> impl Iterator<Item = &'a T> {
+    old.into_iter().chain(new)
+}
+
+/// What of a pod its services' Endpoints depend on.
+fn endpoint_view(p: &Pod) -> impl PartialEq + '_ {
+    let s = p.status.as_ref();
+    (
+        &p.metadata.labels,
+        p.metadata.deletion_timestamp.is_some(),
+        s.and_then(|s| s.pod_ip.as_ref()),
+        s.and_then(|s| s.phase.as_ref()),
+        s.and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| &c.status),
+        p.spec.as_ref().and_then(|s| s.node_name.as_ref()),
+    )
+}
+
+/// A pod changed.
+pub fn pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
+    scheduler::on_pod(ctx, old, new);
+    let mut orphan = false;
+    for p in either(old, new) {
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let owner = p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true));
+        match owner {
+            Some(r) => {
+                let k = (ns, r.name.clone());
+                match r.kind.as_str() {
+                    "ReplicaSet" => ctx.queues.replicasets.add(k),
+                    "DaemonSet" => ctx.queues.daemonsets.add(k),
+                    "Job" => ctx.queues.jobs.add(k),
+                    _ => {}
+                }
+            }
+            None => orphan = true,
+        }
+    }
+    let some = new.or(old).expect("a change has a side");
+    let ns = some.metadata.namespace.as_deref().unwrap_or("");
+    if orphan {
+        // ReplicaSets adopt matching orphans.
+        for rs in ctx.replicasets.list_ns(ns) {
+            ctx.queues.replicasets.add(key(&rs.metadata));
+        }
+    }
+    let endpoints_changed = match (old, new) {
+        (Some(a), Some(b)) => endpoint_view(a) != endpoint_view(b),
+        _ => true,
+    };
+    if endpoints_changed {
+        for svc in ctx.services.list_ns(ns) {
+            if svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_some()
+            {
+                ctx.queues.endpoints.add(key(&svc.metadata));
+            }
+        }
+    }
+}
+
+/// A node changed.
+pub fn node(ctx: &Ctx, old: Option<&Node>, new: Option<&Node>) {
+    scheduler::on_node(ctx, old, new);
+    for ds in ctx.daemonsets.list() {
+        ctx.queues.daemonsets.add(key(&ds.metadata));
+    }
+    ctx.queues.nodes.add(nodes::key());
+}
+
+/// A lease changed (a node's heartbeat).
+pub fn lease(ctx: &Ctx, _old: Option<&Lease>, _new: Option<&Lease>) {
+    ctx.queues.nodes.add(nodes::key());
+}
+
+/// A ReplicaSet changed.
+pub fn replicaset(ctx: &Ctx, old: Option<&ReplicaSet>, new: Option<&ReplicaSet>) {
+    for rs in either(old, new) {
+        ctx.queues.replicasets.add(key(&rs.metadata));
+        let ns = rs.metadata.namespace.clone().unwrap_or_default();
+        for r in rs.metadata.owner_references.iter().flatten() {
+            if r.controller == Some(true) && r.kind == "Deployment" {
+                ctx.queues.deployments.add((ns.clone(), r.name.clone()));
+            }
+        }
+    }
+}
+
+/// A Deployment changed.
+pub fn deployment(ctx: &Ctx, old: Option<&Deployment>, new: Option<&Deployment>) {
+    if let Some(d) = new.or(old) {
+        ctx.queues.deployments.add(key(&d.metadata));
+    }
+}
+
+/// A DaemonSet changed.
+pub fn daemonset(ctx: &Ctx, old: Option<&DaemonSet>, new: Option<&DaemonSet>) {
+    if let Some(d) = new.or(old) {
+        ctx.queues.daemonsets.add(key(&d.metadata));
+    }
+}
+
+/// A Job changed.
+pub fn job(ctx: &Ctx, old: Option<&Job>, new: Option<&Job>) {
+    if let Some(j) = new.or(old) {
+        ctx.queues.jobs.add(key(&j.metadata));
+    }
+}
+
+/// A Service changed (its Endpoints follow, or go with it).
+pub fn service(ctx: &Ctx, old: Option<&Service>, new: Option<&Service>) {
+    if let Some(s) = new.or(old) {
+        ctx.queues.endpoints.add(key(&s.metadata));
+    }
+}
+
+/// An Endpoints object changed: put it back in line if its service exists.
+pub fn endpoints(ctx: &Ctx, old: Option<&Endpoints>, new: Option<&Endpoints>) {
+    if let Some(e) = new.or(old) {
+        let k = key(&e.metadata);
+        if ctx.services.get(&k).is_some() {
+            ctx.queues.endpoints.add(k);
+        }
+    }
+}

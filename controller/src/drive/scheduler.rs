@@ -1,0 +1,215 @@
+//! The scheduler loop: takes unbound pods from its queue in batches, decides each one
+//! against the in-memory [`Cluster`] (kept current by the pod and node watches), binds
+//! the placed ones concurrently through the `binding` subresource, and writes
+//! `PodScheduled=False` plus a `FailedScheduling` event for the rest. Unschedulable pods
+//! are tried again once nodes or pods changed (checked every second), and at least once
+//! a minute.
+
+use super::Ctx;
+use super::cache::ObjKey;
+use super::write;
+use flotilla_controllers::{Action, scheduling};
+use flotilla_scheduler::Cluster;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The scheduler's view, shared with the watch routing.
+#[derive(Default)]
+pub struct State {
+    /// Bound pods per node, nodes and their capacity.
+    pub cluster: Cluster,
+    /// Pods placed in `cluster` whose binding the watch has not shown yet.
+    assumed: HashSet<ObjKey>,
+    /// Pods that fit nowhere, waiting for the cluster to change.
+    unschedulable: HashSet<ObjKey>,
+}
+
+/// How many pods one pass decides before their bindings go out.
+const BATCH: usize = 512;
+
+fn key(p: &Pod) -> ObjKey {
+    (
+        p.metadata.namespace.clone().unwrap_or_default(),
+        p.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn bound(p: &Pod) -> bool {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty())
+}
+
+/// Whether this scheduler should place the pod now.
+fn wants_scheduling(p: &Pod) -> bool {
+    let ours = p.spec.as_ref().is_some_and(|s| {
+        s.scheduler_name
+            .as_deref()
+            .is_none_or(|n| n == "default-scheduler")
+    });
+    let finished = matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    ours && !bound(p) && !finished && p.metadata.deletion_timestamp.is_none()
+}
+
+/// Takes in a pod change from the watch.
+pub fn on_pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
+    let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
+    match new {
+        Some(p) => {
+            let k = key(p);
+            if bound(p) || !s.assumed.contains(&k) {
+                s.assumed.remove(&k);
+                s.cluster.upsert_pod(p);
+            }
+            if wants_scheduling(p) && !s.assumed.contains(&k) {
+                // A pod waiting for the cluster to change is not retried for its own
+                // status updates (such as the PodScheduled=False just written).
+                let same_spec =
+                    old.is_some_and(|o| o.spec == p.spec && o.metadata.labels == p.metadata.labels);
+                if !(s.unschedulable.contains(&k) && same_spec) {
+                    ctx.queues.scheduler.add(k);
+                }
+            } else {
+                s.unschedulable.remove(&k);
+            }
+        }
+        None => {
+            if let Some(p) = old {
+                let k = key(p);
+                s.assumed.remove(&k);
+                s.unschedulable.remove(&k);
+                s.cluster.remove_pod(&k.0, &k.1);
+            }
+        }
+    }
+}
+
+/// Takes in a node change from the watch.
+pub fn on_node(
+    ctx: &Ctx,
+    old: Option<&k8s_openapi::api::core::v1::Node>,
+    new: Option<&k8s_openapi::api::core::v1::Node>,
+) {
+    let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
+    match (old, new) {
+        (_, Some(n)) => s.cluster.upsert_node(n),
+        (Some(n), None) => s
+            .cluster
+            .remove_node(n.metadata.name.as_deref().unwrap_or("")),
+        (None, None) => {}
+    }
+}
+
+/// Re-queues unschedulable pods when the cluster changed (or a minute passed).
+pub async fn retry_loop(ctx: Arc<Ctx>) {
+    let mut seen_version = 0;
+    let mut flushed = Instant::now();
+    loop {
+        smol::Timer::after(Duration::from_secs(1)).await;
+        let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
+        let version = s.cluster.version();
+        if s.unschedulable.is_empty() {
+            seen_version = version;
+            continue;
+        }
+        if version != seen_version || flushed.elapsed() >= Duration::from_secs(60) {
+            seen_version = version;
+            flushed = Instant::now();
+            for k in s.unschedulable.drain() {
+                ctx.queues.scheduler.add(k);
+            }
+        }
+    }
+}
+
+/// The scheduling loop.
+pub async fn run(ctx: Arc<Ctx>) {
+    let q = &ctx.queues.scheduler;
+    loop {
+        let mut batch = vec![q.next().await];
+        while batch.len() < BATCH {
+            match q.try_next() {
+                Some(k) => batch.push(k),
+                None => break,
+            }
+        }
+        let now = Timestamp::now();
+        let mut work: Vec<(ObjKey, bool, Vec<Action>)> = Vec::new();
+        {
+            let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
+            for k in batch {
+                let Some(pod) = ctx.pods.get(&k) else {
+                    continue;
+                };
+                if !wants_scheduling(&pod) || s.assumed.contains(&k) {
+                    continue;
+                }
+                let actions = scheduling::schedule(&mut s.cluster, &pod, now);
+                let placed = matches!(actions.first(), Some(Action::BindPod { .. }));
+                if placed {
+                    s.assumed.insert(k.clone());
+                    s.unschedulable.remove(&k);
+                } else {
+                    s.unschedulable.insert(k.clone());
+                }
+                work.push((k, placed, actions));
+            }
+        }
+        let tasks: Vec<_> = work
+            .into_iter()
+            .map(|(k, placed, actions)| {
+                let ctx = ctx.clone();
+                crate::exec::executor().spawn(async move {
+                    let r = execute(&ctx, actions).await;
+                    (k, placed, r)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (k, placed, r) = t.await;
+            let Err(e) = r else {
+                q.forget(&k);
+                continue;
+            };
+            if placed {
+                // Undo the assumption; the watch brings the pod's real state back.
+                let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
+                s.assumed.remove(&k);
+                s.cluster.remove_pod(&k.0, &k.1);
+                if let Some(p) = ctx.pods.get(&k) {
+                    s.cluster.upsert_pod(&p);
+                }
+            }
+            if e.code == 404 {
+                continue;
+            }
+            tracing::warn!(pod = %format!("{}/{}", k.0, k.1), error = %e.message, "scheduling failed; retrying");
+            q.retry(k);
+        }
+    }
+}
+
+/// Binds (the first action), then records the rest (events, conditions).
+async fn execute(ctx: &Arc<Ctx>, actions: Vec<Action>) -> crate::api::status::ApiResult<()> {
+    for a in actions {
+        match a {
+            Action::BindPod {
+                namespace,
+                name,
+                node,
+            } => write::bind(ctx, &namespace, &name, &node).await?,
+            Action::Event(ev) => super::events::record(ctx, &ev, write::SCHEDULER).await,
+            other => {
+                write::execute(ctx, None, vec![other]).await?;
+            }
+        }
+    }
+    Ok(())
+}
