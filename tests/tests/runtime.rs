@@ -423,6 +423,7 @@ fn cpu_quota_and_cpuset_are_visible_in_the_cgroup() {
     let mut b = Bundle::new("rt-cpu", &["sleep", "30"]);
     b.config["linux"]["resources"]["cpu"] =
         json!({"quota": 50000, "period": 100000, "cpus": "0", "shares": 512});
+    b.config["linux"]["resources"]["memory"] = json!({"limit": 64 * 1024 * 1024});
     b.create_start();
     // From inside: the container's own cgroup is mounted at /sys/fs/cgroup.
     let o = b.exec(&[
@@ -439,6 +440,27 @@ fn cpu_quota_and_cpuset_are_visible_in_the_cgroup() {
         let shares = std::fs::read_to_string(b.cgroup_dir("cpu").join("cpu.shares")).unwrap();
         assert_eq!(shares.trim(), "512");
     }
+    // Usage for the agent to report: cpu time, memory in use and its limit.
+    let o = b.exec(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+    ]);
+    assert!(o.status.success());
+    let o = b.out(&["events", "--stats", &b.id]);
+    assert!(o.status.success());
+    let ev: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert!(
+        ev["data"]["cpu_usage_ns"].as_u64().unwrap() > 1_000_000,
+        "{ev}"
+    );
+    assert!(
+        ev["data"]["memory_usage_bytes"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    assert_eq!(ev["data"]["memory_limit_bytes"], 64 * 1024 * 1024, "{ev}");
+    assert!(ev["data"]["pids"].as_u64().unwrap() >= 1, "{ev}");
     let o = b.out(&["delete", "--force", &b.id]);
     assert!(o.status.success());
     b.assert_gone();

@@ -86,6 +86,14 @@ enum Command {
     },
     /// Run a new process inside a running container.
     Exec(ExecCli),
+    /// Print resource usage (cpu, memory, pids, OOM kills) as JSON, like `runc events --stats`.
+    Events {
+        /// Print one stats sample and exit (the only mode supported).
+        #[arg(long)]
+        stats: bool,
+        /// Container id.
+        id: String,
+    },
     /// List containers.
     List {
         /// table or json.
@@ -248,6 +256,17 @@ fn dispatch(args: RuntimeArgs) -> Result<i32> {
             Ok(0)
         }
         Command::Exec(e) => exec(&rt, e),
+        Command::Events { stats, id } => {
+            if !stats {
+                return Err(Error::Usage(
+                    "only `events --stats` (one sample) is supported".into(),
+                ));
+            }
+            let usage = rt.load(&id)?.usage()?;
+            let doc = serde_json::json!({"type": "stats", "id": id, "data": usage});
+            println!("{doc}");
+            Ok(0)
+        }
         Command::List { format, quiet } => {
             let list = rt.list()?;
             if quiet {
