@@ -623,3 +623,15 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
     assert!(b.out(&["delete", "--force", &b.id]).status.success());
     b.assert_gone();
 }
+
+#[test]
+fn run_with_terminal_gets_a_pty_from_the_container_devpts() {
+    require_root!();
+    let mut b = Bundle::new("rt-tty", &["sh", "-c", "test -t 0 && test -t 1 && tty"]);
+    b.config["process"]["terminal"] = json!(true);
+    let o = b.run();
+    assert_eq!(o.status.code(), Some(0));
+    // The pty comes from the container's own devpts instance and echoes CRLF.
+    assert_eq!(stdout(&o), "/dev/pts/0\r\n");
+    b.assert_gone();
+}
