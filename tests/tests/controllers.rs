@@ -182,7 +182,10 @@ fn spawn_controller(dir: &Path, port: u16, env: &[(String, String)]) -> Process 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     let mut cur = v;
     for p in path {
-        cur = &cur[*p];
+        cur = match p.parse::<usize>() {
+            Ok(i) => &cur[i],
+            Err(_) => &cur[*p],
+        };
     }
     cur.as_str().unwrap_or("")
 }
