@@ -179,6 +179,10 @@ fn main() {
         latencies[latencies.len() * 99 / 100]
     );
     println!(
+        "  scheduler state for {nodes_n} nodes and {bound} bound pods: about {:.1} MiB of RSS",
+        state_kib as f64 / 1024.0
+    );
+    println!(
         "  CPU {:.2} s over {wall:.2} s wall ({:.0}% of one core), peak RSS {:.1} MiB (includes the 10,000 pod objects)",
         cpu_after - cpu_before,
         100.0 * (cpu_after - cpu_before) / wall,
