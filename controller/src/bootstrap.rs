@@ -14,6 +14,7 @@ pub async fn run(api: &Api) -> Result<()> {
         query: &q,
         manager: "flotilla-controller".into(),
         operation: "Update",
+        fields: None,
     };
     let ns_res = registry::find("", "v1", "namespaces").expect("namespaces are served");
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {

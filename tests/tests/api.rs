@@ -385,6 +385,44 @@ fn stale_updates_conflict_and_bad_manifests_get_field_errors() {
     );
     assert_eq!(c.json(&["get", "configmap", "c1"])["data"]["a"], "2");
 
+    // Server-side apply: fields a manager stops applying go away; another manager
+    // changing them conflicts unless it forces.
+    let ssa = |data: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: s1, namespace: default}}\ndata: {data}\n"
+        )
+    };
+    c.ok_in(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&ssa("{a: '1', b: '2'}")),
+    );
+    c.ok_in(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&ssa("{a: '1'}")),
+    );
+    assert_eq!(
+        c.json(&["get", "configmap", "s1"])["data"],
+        serde_json::json!({"a": "1"})
+    );
+    let err = c.fails_as(
+        &c.kubeconfig(),
+        &["apply", "--server-side", "--field-manager=other", "-f", "-"],
+        Some(&ssa("{a: 'X'}")),
+    );
+    assert!(err.contains("conflict with \"kubectl\""), "{err}");
+    c.ok_in(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(&ssa("{a: 'X'}")),
+    );
+    assert_eq!(c.json(&["get", "configmap", "s1"])["data"]["a"], "X");
+
     let no_image = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\nspec:\n  selector:\n    matchLabels: {app: bad}\n  template:\n    metadata:\n      labels: {app: bad}\n    spec:\n      containers:\n      - name: c\n";
     let err = c.fails_as(&c.kubeconfig(), &["apply", "-f", "-"], Some(no_image));
     assert!(
@@ -606,3 +644,73 @@ t.join(15)
 for kind, name in seen:
     print("watched %s %s" % (kind, name), flush=True)
 "#;
+
+#[test]
+fn owner_references_are_garbage_collected() {
+    let c = Controller::start();
+    let cm = |name: &str, owner: Option<(&str, &str)>| {
+        let refs = owner
+            .map(|(n, uid)| format!("\n  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: {n}, uid: {uid}}}]"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default{refs}\n"
+        )
+    };
+    let uid = |name: &str| {
+        c.json(&["get", "configmap", name])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let exists = |name: &str| {
+        c.kubectl_as(&c.kubeconfig(), &["get", "configmap", name], None)
+            .status
+            .success()
+    };
+    // Background: the dependent goes after its owner.
+    c.ok_in(&["apply", "-f", "-"], Some(&cm("owner", None)));
+    let u = uid("owner");
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some(&cm("child", Some(("owner", &u)))),
+    );
+    c.ok(&["delete", "configmap", "owner"]);
+    wait_until(
+        "the dependent to be collected",
+        Duration::from_secs(10),
+        || !exists("child"),
+    );
+
+    // Orphan: the dependent stays, without the owner reference.
+    c.ok_in(&["apply", "-f", "-"], Some(&cm("owner2", None)));
+    let u = uid("owner2");
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some(&cm("kept", Some(("owner2", &u)))),
+    );
+    c.ok(&["delete", "configmap", "owner2", "--cascade=orphan"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let kept = c.json(&["get", "configmap", "kept"]);
+    assert!(kept["metadata"].get("ownerReferences").is_none(), "{kept}");
+
+    // Foreground: the owner waits (deletionTimestamp + finalizer) until the
+    // dependent is gone, then goes too.
+    c.ok_in(&["apply", "-f", "-"], Some(&cm("owner3", None)));
+    let u = uid("owner3");
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some(&cm("child3", Some(("owner3", &u)))),
+    );
+    c.ok(&[
+        "delete",
+        "configmap",
+        "owner3",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    wait_until(
+        "foreground deletion to finish",
+        Duration::from_secs(10),
+        || !exists("owner3") && !exists("child3"),
+    );
+}

@@ -438,6 +438,9 @@ pub struct WriteOpts<'a> {
     pub query: &'a Query,
     pub manager: String,
     pub operation: &'static str,
+    /// The fields the manager owns after this write (server-side apply); `None`
+    /// records the fields the write changed.
+    pub fields: Option<Value>,
 }
 
 /// Creates `raw` as a new object of `res` in `ns`: decode, name, default, validate,
@@ -452,7 +455,7 @@ pub async fn create_object(
 ) -> ApiResult<Value> {
     check_type(res, &mut raw)?;
     set_namespace(res, ns, &mut raw)?;
-    let user_fields = patch::fieldset(&raw);
+    let user_fields = opts.fields.clone().unwrap_or_else(|| patch::fieldset(&raw));
     let mut obj = normalize(res, &raw, opts.query, warnings)?;
     {
         let md = metadata_mut(&mut obj);
@@ -538,6 +541,7 @@ async fn create(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<Body>>
         query: &call.query,
         manager: manager(call),
         operation: "Update",
+        fields: None,
     };
     let mut warnings = Vec::new();
     let obj = create_object(api, t.res, t.ns.as_deref(), raw, &opts, &mut warnings).await?;
@@ -591,7 +595,10 @@ pub async fn update_object(
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
         )));
     }
-    let user_fields = patch::changed_fieldset(&old_v, &new);
+    let user_fields = match &opts.fields {
+        Some(f) => f.clone(),
+        None => patch::changed_fieldset(&old_v, &new),
+    };
     let new = normalize(res, &new, opts.query, warnings)?;
     let mut obj = match sub {
         Some("status") => {
@@ -624,15 +631,28 @@ pub async fn update_object(
         let om = old_v["metadata"].as_object().cloned().unwrap_or_default();
         let md = metadata_mut(&mut obj);
         md.insert("name".into(), name.clone().into());
-        for k in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-            "managedFields",
-            "generateName",
-        ] {
+        let keep: &[&str] = if opts.operation == "Apply" {
+            // Server-side apply computed ownership (forced changes move fields).
+            &[
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "generateName",
+            ]
+        } else {
+            &[
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "managedFields",
+                "generateName",
+            ]
+        };
+        for k in keep.iter().copied() {
             match om.get(k) {
                 Some(v) => md.insert(k.into(), v.clone()),
                 None => md.remove(k),
@@ -750,6 +770,7 @@ async fn update(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<Body>>
         query: &call.query,
         manager: manager(call),
         operation: "Update",
+        fields: None,
     };
     let mut warnings = Vec::new();
     if t.sub.as_deref() == Some("scale") {
@@ -790,6 +811,7 @@ async fn patch_object(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<
                     query: &call.query,
                     manager: apply_manager(call)?,
                     operation: "Apply",
+                    fields: Some(patch::fieldset(&raw)),
                 };
                 let obj =
                     create_object(api, t.res, t.ns.as_deref(), raw, &opts, &mut warnings).await?;
@@ -804,14 +826,14 @@ async fn patch_object(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<
         } else {
             old_v.clone()
         };
-        let (patched, operation, mgr) = if apply {
+        let (patched, operation, mgr, fields) = if apply {
             let mgr = apply_manager(call)?;
             let p = decode_body(call)?;
             let patched = patch::server_side_apply(t.res, &old_v, &p, &mgr, call.query.force)?;
-            (patched, "Apply", mgr)
+            (patched, "Apply", mgr, Some(patch::fieldset(&p)))
         } else {
             let p = patch::apply_patch(&call.content_type, &base, &call.body)?;
-            (p, "Update", manager(call))
+            (p, "Update", manager(call), None)
         };
         let expected = match rv_of(&patched)? {
             Some(rv) if rv != old.revision => Some(rv),
@@ -828,6 +850,7 @@ async fn patch_object(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<
             query: &call.query,
             manager: mgr,
             operation,
+            fields,
         };
         let sub = if is_scale { None } else { t.sub.as_deref() };
         match update_object(api, t.res, sub, &old, new, expected, &opts, &mut warnings).await {

@@ -355,6 +355,27 @@ fn contains_path(set: &Value, path: &[String]) -> bool {
     true
 }
 
+/// Removes a path from a FieldsV1 set, pruning emptied parents.
+fn unset_field(set: &mut Value, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(m) = set.as_object_mut() else { return };
+    if rest.is_empty() {
+        m.remove(first);
+        return;
+    }
+    if let Some(child) = m.get_mut(first) {
+        unset_field(child, rest);
+        if child
+            .as_object()
+            .is_some_and(|c| c.keys().all(|k| k == "."))
+        {
+            m.remove(first);
+        }
+    }
+}
+
 /// Finds the value at a FieldsV1 path in an object.
 fn locate<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut cur = obj;
@@ -506,6 +527,20 @@ pub fn server_side_apply(
         return Err(e);
     }
     let mut out = live.clone();
+    if force {
+        // Forced: the conflicting fields change owner.
+        if let Some(entries) = out["metadata"]["managedFields"].as_array_mut() {
+            for e in entries.iter_mut() {
+                if e["manager"] == manager && e["operation"] == "Apply" {
+                    continue;
+                }
+                for path in &leaf {
+                    unset_field(&mut e["fieldsV1"], path);
+                }
+            }
+            entries.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
+        }
+    }
     // Fields this manager no longer applies, owned by nobody else, are removed.
     let mut old_leaves = Vec::new();
     leaves(&mine, &mut Vec::new(), &mut old_leaves);
@@ -624,5 +659,9 @@ mod tests {
         assert_eq!(err.code, 409);
         let forced = server_side_apply(res, &live, &other, "you", true).unwrap();
         assert_eq!(forced["data"]["a"], "changed");
+        let me = &forced["metadata"]["managedFields"][0];
+        assert_eq!(me["manager"], "me");
+        assert!(me["fieldsV1"]["f:data"].get("f:a").is_none(), "{me}");
+        assert!(me["fieldsV1"]["f:data"].get("f:b").is_some(), "{me}");
     }
 }

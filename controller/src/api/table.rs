@@ -415,16 +415,31 @@ pub fn table(
         .get("includeObject")
         .map(String::as_str)
         .unwrap_or("Metadata");
-    let defs: Vec<Value> = columns(res.kind)
+    // Events lead with Last Seen; their Name column is wide-only, at the end.
+    let event = res.kind == "Event";
+    let mut cols = columns(res.kind);
+    if event {
+        let name = cols.remove(0);
+        cols.push(name);
+    }
+    let defs: Vec<Value> = cols
         .iter()
-        .enumerate()
-        .map(|(i, (name, ty, desc))| {
-            json!({"name": name, "type": ty, "format": if i == 0 { "name" } else { "" }, "description": desc, "priority": 0})
+        .map(|(name, ty, desc)| {
+            let name_col = *name == "Name";
+            json!({"name": name, "type": ty, "format": if name_col { "name" } else { "" }, "description": desc,
+                "priority": if event && name_col { 1 } else { 0 }})
         })
         .collect();
     let rows: Vec<Value> = objects
         .iter()
-        .map(|o| json!({"cells": cells(res.kind, o), "object": row_object(o, include)}))
+        .map(|o| {
+            let mut c = cells(res.kind, o);
+            if event {
+                let name = c.remove(0);
+                c.push(name);
+            }
+            json!({"cells": c, "object": row_object(o, include)})
+        })
         .collect();
     let mut md = json!({"resourceVersion": rv});
     if let Some(c) = cont {

@@ -92,15 +92,50 @@ pub fn pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
 /// A node changed.
 pub fn node(ctx: &Ctx, old: Option<&Node>, new: Option<&Node>) {
     scheduler::on_node(ctx, old, new);
+    // Heartbeats alone (condition times) concern neither DaemonSets nor the node pass.
+    let placement = |n: &Node| {
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone());
+        (n.metadata.labels.clone(), n.spec.clone(), ready)
+    };
+    if let (Some(a), Some(b)) = (old, new)
+        && placement(a) == placement(b)
+    {
+        return;
+    }
     for ds in ctx.daemonsets.list() {
         ctx.queues.daemonsets.add(key(&ds.metadata));
     }
     ctx.queues.nodes.add(nodes::key());
 }
 
-/// A lease changed (a node's heartbeat).
-pub fn lease(ctx: &Ctx, _old: Option<&Lease>, _new: Option<&Lease>) {
-    ctx.queues.nodes.add(nodes::key());
+/// A lease changed (a node's heartbeat). Renewals of healthy nodes need no pass right
+/// away (the periodic pass measures silence); a renewal of a node that is not Ready or
+/// carries a `NoExecute` taint brings it back at once.
+pub fn lease(ctx: &Ctx, old: Option<&Lease>, new: Option<&Lease>) {
+    let Some(l) = new.or(old) else { return };
+    let name = l.metadata.name.clone().unwrap_or_default();
+    let healthy = ctx.nodes.get(&(String::new(), name)).is_some_and(|n| {
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        let no_execute = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"));
+        ready && !no_execute
+    });
+    if !healthy || new.is_none() {
+        ctx.queues.nodes.add(nodes::key());
+    }
 }
 
 /// A ReplicaSet changed.

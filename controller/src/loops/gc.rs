@@ -9,15 +9,42 @@ use crate::api::objects::{DeleteOpts, delete_object, key_of};
 use crate::api::registry::{RESOURCES, Resource};
 use crate::api::status::ApiResult;
 use flotilla_store::{Key, StoreError};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the collector needs to know of one object (decoded without the rest of
+/// the object, so a pass over 10,000 pods stays small).
 struct Entry {
     res: &'static Resource,
     key: Key,
-    value: Value,
+    uid: String,
+    owners: Vec<String>,
+    deleting: bool,
+    foreground: bool,
+    no_finalizers: bool,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct SlimMeta {
+    uid: String,
+    deletion_timestamp: Option<String>,
+    finalizers: Vec<String>,
+    owner_references: Vec<SlimOwner>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SlimOwner {
+    uid: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Slim {
+    metadata: SlimMeta,
 }
 
 /// Runs the loop forever.
@@ -49,45 +76,42 @@ pub async fn run(api: Arc<Api>, wake: smol::channel::Receiver<()>) {
 fn all_objects(api: &Api) -> ApiResult<Vec<Entry>> {
     let mut out = Vec::new();
     for res in RESOURCES {
-        let page = api.store.list(&res.store_name(), None, None, None)?;
-        for o in page.items {
-            out.push(Entry {
-                res,
-                key: o.key,
-                value: meta::decode(&o.value, o.revision),
-            });
+        let store_name = res.store_name();
+        let mut after: Option<Key> = None;
+        loop {
+            let page = api
+                .store
+                .list(&store_name, None, after.as_ref(), Some(500))?;
+            for o in &page.items {
+                let slim: Slim = serde_json::from_slice(&o.value).unwrap_or_default();
+                let m = slim.metadata;
+                out.push(Entry {
+                    res,
+                    key: o.key.clone(),
+                    uid: m.uid,
+                    owners: m.owner_references.into_iter().map(|r| r.uid).collect(),
+                    deleting: m.deletion_timestamp.is_some(),
+                    foreground: m.finalizers.iter().any(|f| f == "foregroundDeletion"),
+                    no_finalizers: m.finalizers.is_empty(),
+                });
+            }
+            if !page.more {
+                break;
+            }
+            after = page.items.last().map(|o| o.key.clone());
         }
     }
     Ok(out)
 }
 
-fn deleting(v: &Value) -> bool {
-    !v["metadata"]["deletionTimestamp"].is_null()
-}
-
-fn has_finalizer(v: &Value, f: &str) -> bool {
-    v["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|x| x == f))
-}
-
-fn owner_uids(v: &Value) -> Vec<String> {
-    v["metadata"]["ownerReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["uid"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// One reconcile pass; returns whether it changed anything.
 async fn pass(api: &Api) -> ApiResult<bool> {
     let objs = all_objects(api)?;
-    let by_uid: HashMap<&str, &Entry> = objs
+    let by_uid: HashMap<&str, &Entry> = objs.iter().map(|e| (e.uid.as_str(), e)).collect();
+    let referenced: HashSet<&str> = objs
         .iter()
-        .filter_map(|e| e.value["metadata"]["uid"].as_str().map(|u| (u, e)))
+        .flat_map(|e| e.owners.iter().map(String::as_str))
         .collect();
-    let referenced: HashSet<String> = objs.iter().flat_map(|e| owner_uids(&e.value)).collect();
     let mut changed = false;
     let background = DeleteOpts {
         grace: None,
@@ -104,7 +128,7 @@ async fn pass(api: &Api) -> ApiResult<bool> {
     // Terminating namespaces: delete their contents, then finalize.
     let terminating: HashSet<&str> = objs
         .iter()
-        .filter(|e| e.res.kind == "Namespace" && deleting(&e.value))
+        .filter(|e| e.res.kind == "Namespace" && e.deleting)
         .map(|e| e.key.name.as_str())
         .collect();
     for ns in &terminating {
@@ -113,14 +137,10 @@ async fn pass(api: &Api) -> ApiResult<bool> {
             .filter(|e| e.res.namespaced && e.key.namespace == *ns)
             .collect();
         for e in &contents {
-            if !deleting(&e.value) {
+            if !e.deleting {
                 ignore_gone(delete_object(api, e.res, &e.key, &background).await)?;
                 changed = true;
-            } else if e.res.kind == "Pod"
-                && e.value["metadata"]["finalizers"]
-                    .as_array()
-                    .is_none_or(|f| f.is_empty())
-            {
+            } else if e.res.kind == "Pod" && e.no_finalizers {
                 // Pods of a deleted namespace whose node never confirms are removed.
                 let force = DeleteOpts {
                     grace: Some(0),
@@ -137,31 +157,26 @@ async fn pass(api: &Api) -> ApiResult<bool> {
     }
 
     for e in &objs {
-        let v = &e.value;
         // Foreground deletion completes when no dependent remains.
-        if deleting(v) && has_finalizer(v, "foregroundDeletion") {
-            let uid = v["metadata"]["uid"].as_str().unwrap_or("");
-            if !referenced.contains(uid) {
+        if e.deleting && e.foreground {
+            if !referenced.contains(e.uid.as_str()) {
                 remove_finalizer(api, e, "foregroundDeletion").await?;
                 changed = true;
             }
             continue;
         }
-        let owners = owner_uids(v);
-        if owners.is_empty() || deleting(v) {
+        if e.owners.is_empty() || e.deleting {
             continue;
         }
-        let live: Vec<&&Entry> = owners
+        let live: Vec<&&Entry> = e
+            .owners
             .iter()
             .filter_map(|u| by_uid.get(u.as_str()))
             .collect();
         if live.is_empty() {
             ignore_gone(delete_object(api, e.res, &e.key, &background).await)?;
             changed = true;
-        } else if live
-            .iter()
-            .all(|o| deleting(&o.value) && has_finalizer(&o.value, "foregroundDeletion"))
-        {
+        } else if live.iter().all(|o| o.deleting && o.foreground) {
             ignore_gone(delete_object(api, e.res, &e.key, &foreground).await)?;
             changed = true;
         }
@@ -200,7 +215,7 @@ async fn remove_finalizer(api: &Api, e: &Entry, f: &str) -> ApiResult<()> {
     let empty = v["metadata"]["finalizers"]
         .as_array()
         .is_none_or(|a| a.is_empty());
-    let r = if empty && deleting(&v) {
+    let r = if empty && !v["metadata"]["deletionTimestamp"].is_null() {
         api.store
             .delete(&e.key, Some(cur.revision))
             .await
