@@ -18,7 +18,7 @@ fi
 CROSS_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 APT_PACKAGES=(
     busybox-static iptables iproute2 umoci skopeo docker-registry apache2-utils
-    runc crun hyperfine jq python3-pip
+    runc crun hyperfine jq python3-pip systemd
     qemu-user-static gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf
     libc6-dev-arm64-cross libc6-dev-armhf-cross
 )
@@ -55,6 +55,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "build the binaries the end-to-end tests start"
 cargo build --workspace
+
+step "systemd unit files"
+units=$(mktemp -d)
+for unit in systemd/*.service; do
+    # Verify against the binaries just built, since nothing is installed yet.
+    sed "s#/usr/local/bin/#$PWD/target/debug/#" "$unit" >"$units/$(basename "$unit")"
+    systemd-analyze verify "$units/$(basename "$unit")"
+done
+rm -rf "$units"
 
 step "unit and end-to-end tests"
 # As root the end-to-end tests must run, never skip.
