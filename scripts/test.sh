@@ -45,7 +45,9 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
 step "python client used by the API tests"
-python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check --break-system-packages 'kubernetes>=31,<35'
+KUBERNETES_PY=37.0.2
+python3 -c "import kubernetes, sys; sys.exit(kubernetes.__version__ != '$KUBERNETES_PY')" 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages "kubernetes==$KUBERNETES_PY"
 
 step "cargo fmt --check"
 cargo fmt --all --check
