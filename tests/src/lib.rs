@@ -8,6 +8,7 @@
 //! - [`sandbox`]: network namespaces per simulated node, a LAN bridge between them,
 //!   private mount namespaces, and a snapshot of the root namespace to compare;
 //! - [`cgroup`]: a per-test cgroup parent, removed on drop;
+//! - [`kube`]: the real kubectl and a controller on loopback;
 //! - [`registry`]: a test OCI registry (Debian's docker-registry) filled by skopeo;
 //! - [`dns`]: a stub DNS server answering from a fixed table;
 //! - [`command`]: helper tools run to completion with timeouts and clear errors.
@@ -48,6 +49,7 @@ pub mod cgroup;
 pub mod command;
 pub mod dns;
 pub mod fixtures;
+pub mod kube;
 mod naming;
 pub mod process;
 pub mod registry;

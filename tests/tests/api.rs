@@ -2,6 +2,7 @@
 //! on loopback, driven by the real `kubectl` and the Python `kubernetes` client.
 //! They need no root, so they always run (never skipped).
 
+use flotilla_tests::kube::{kubectl, spawn_controller};
 use flotilla_tests::process::Process;
 use serde_json::Value;
 use std::io::Read;
@@ -21,7 +22,7 @@ impl Controller {
     fn start() -> Controller {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = flotilla_tests::free_port();
-        let proc = spawn_controller(dir.path(), port);
+        let proc = spawn_controller(dir.path(), port, &[]);
         let mut c = Controller { proc, dir, port };
         c.wait_ready();
         c
@@ -43,27 +44,7 @@ impl Controller {
     }
 
     fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("kubectl runs (is /usr/bin/kubectl installed?)");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().expect("kubectl finishes")
+        kubectl(kubeconfig, args, stdin)
     }
 
     /// kubectl as admin; panics (with output) unless it succeeds.
@@ -99,16 +80,6 @@ impl Controller {
         a.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&a)).expect("kubectl prints JSON")
     }
-}
-
-fn spawn_controller(dir: &Path, port: u16) -> Process {
-    let mut cmd = Command::new(flotilla_tests::bin("flotilla-controller"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"));
-    Process::spawn(cmd).named("flotilla-controller")
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -555,7 +526,7 @@ fn kill_9_after_apply_loses_nothing() {
     c.ok_in(&["apply", "-f", "-"], Some(&manifest));
     // SIGKILL right after the successful reply: no chance to flush anything.
     c.proc.kill();
-    c.proc = spawn_controller(c.dir.path(), c.port);
+    c.proc = spawn_controller(c.dir.path(), c.port, &[]);
     c.wait_ready();
     let list = c.json(&["get", "configmaps", "-n", "default"]);
     let items = list["items"].as_array().unwrap();

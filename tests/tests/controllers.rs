@@ -5,12 +5,12 @@
 //! pods), finishes terminating pods and renews node Leases, as agents would.
 //! They need no root, so they always run (never skipped).
 
+use flotilla_tests::kube::{kubectl, spawn_controller};
 use flotilla_tests::process::Process;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,42 +141,6 @@ status:
 "#
         ));
     }
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new("kubectl");
-    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .expect("kubectl runs (is /usr/bin/kubectl installed?)");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().expect("kubectl finishes")
-}
-
-fn spawn_controller(dir: &Path, port: u16, env: &[(String, String)]) -> Process {
-    let mut cmd = Command::new(flotilla_tests::bin("flotilla-controller"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Process::spawn(cmd).named("flotilla-controller")
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
