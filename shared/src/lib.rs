@@ -2,8 +2,10 @@
 //!
 //! This crate holds data and pure functions only — no I/O policy:
 //! - [`wire`]: the agent-link protocol (versioned hello, postcard frames, length prefix);
+//! - [`pod`]: the pod and node model sent over the link (resolved pod specs, reports);
 //! - [`quantity`]: Kubernetes resource quantities (`100m`, `1Gi`) as integers.
 
+pub mod pod;
 pub mod quantity;
 pub mod wire;
 

@@ -5,11 +5,33 @@
 //! carrying [`PROTOCOL_VERSION`]. Postcard is not self-describing, so these types
 //! never use `skip_serializing_if` or untagged enums, and new fields only appear
 //! behind a new protocol version.
+//!
+//! A link is either a join (the agent has no certificate yet: [`Frame::Join`] with the
+//! token's secret, answered by [`Frame::Joined`] or [`Frame::Refused`], then closed)
+//! or a session under mutual TLS: the controller sends the node its
+//! [`NodeConfig`](crate::pod::NodeConfig) and its whole desired pod set, then changes;
+//! the agent sends its node report, pod reports and events; streams for logs and exec
+//! are multiplexed by id with credit-based flow control.
 
+use crate::pod::{NodeConfig, NodeReport, PodReport, PodSpec, StreamRequest};
 use serde::{Deserialize, Serialize};
 
 /// Version of the agent-link protocol spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Stream channels, numbered as Kubernetes' remotecommand protocol numbers them.
+pub const CHANNEL_STDIN: u8 = 0;
+/// Standard output of a stream (also the channel of logs).
+pub const CHANNEL_STDOUT: u8 = 1;
+/// Standard error of an exec stream.
+pub const CHANNEL_STDERR: u8 = 2;
+/// The exec's final status, a Kubernetes `Status` JSON document.
+pub const CHANNEL_ERROR: u8 = 3;
+/// Terminal size changes, `{"Width":80,"Height":24}`.
+pub const CHANNEL_RESIZE: u8 = 4;
+
+/// Bytes a receiver grants a new stream before any [`Frame::StreamCredit`].
+pub const INITIAL_STREAM_CREDIT: u32 = 256 * 1024;
 
 /// Largest frame either side accepts, to bound memory on small boards.
 pub const MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
@@ -36,12 +58,57 @@ pub enum Frame {
     Ping(u64),
     /// Answer to [`Frame::Ping`].
     Pong(u64),
-    /// Bytes of a multiplexed stream (logs, exec), by stream id.
-    StreamData { stream: u32, data: Vec<u8> },
+    /// Bytes of a multiplexed stream (logs, exec), by stream id and channel.
+    StreamData {
+        stream: u32,
+        channel: u8,
+        data: Vec<u8>,
+    },
     /// Flow control: the receiver can take this many more bytes on the stream.
     StreamCredit { stream: u32, bytes: u32 },
-    /// The stream is finished; `error` is empty on success.
+    /// The stream is finished (either side); `error` is empty on success.
     StreamClose { stream: u32, error: String },
+    /// Agent → controller, on a join link: the secret part of the join token, the node
+    /// name, and a PEM certificate signing request for `system:node:<name>`.
+    Join {
+        secret: String,
+        node_name: String,
+        csr_pem: String,
+    },
+    /// Controller → agent: the node's client certificate and the cluster CA (PEM).
+    Joined { cert_pem: String, ca_pem: String },
+    /// Either side, before closing: why the link or join is refused.
+    Refused { reason: String },
+    /// Controller → agent: the node's settings (sent again when they change).
+    NodeConfig(NodeConfig),
+    /// Controller → agent: the complete desired pod set; pods not in it are removed.
+    PodSet(Vec<PodSpec>),
+    /// Controller → agent: a pod was bound to this node or changed.
+    PodUpsert(PodSpec),
+    /// Controller → agent: a pod is gone from this node (deleted or rebound).
+    PodRemove { uid: String },
+    /// Controller → agent: open a stream (logs or exec) with this id.
+    StreamOpen { stream: u32, request: StreamRequest },
+    /// Agent → controller: the node's addresses, resources, info and pressures.
+    NodeReport(NodeReport),
+    /// Agent → controller: a pod's status.
+    PodStatus(PodReport),
+    /// Agent → controller: an event about a pod (Pulled, Started, BackOff, …).
+    Event(AgentEvent),
+}
+
+/// An event the agent records about one of its pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    pub pod_uid: String,
+    pub namespace: String,
+    pub pod_name: String,
+    /// `spec.containers{name}`-style field path, empty for the pod itself.
+    pub field_path: String,
+    /// `Warning` instead of `Normal`.
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
 }
 
 /// Errors decoding a frame.
@@ -124,6 +191,7 @@ mod tests {
             Frame::Pong(7),
             Frame::StreamData {
                 stream: 3,
+                channel: CHANNEL_STDERR,
                 data: vec![0, 255, 10],
             },
             Frame::StreamCredit {
@@ -134,6 +202,48 @@ mod tests {
                 stream: 1,
                 error: "exit status 2".into(),
             },
+            Frame::Join {
+                secret: "s3cr3t".into(),
+                node_name: "pi-04".into(),
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            },
+            Frame::Joined {
+                cert_pem: "cert".into(),
+                ca_pem: "ca".into(),
+            },
+            Frame::Refused {
+                reason: "invalid join token".into(),
+            },
+            Frame::NodeConfig(crate::pod::NodeConfig {
+                pod_cidr: "10.42.3.0/24".into(),
+                ..Default::default()
+            }),
+            Frame::PodSet(vec![crate::pod::tests::sample_pod()]),
+            Frame::PodUpsert(crate::pod::tests::sample_pod()),
+            Frame::PodRemove { uid: "u1".into() },
+            Frame::StreamOpen {
+                stream: 9,
+                request: StreamRequest::Exec {
+                    pod_uid: "u1".into(),
+                    container: "web".into(),
+                    command: vec!["sh".into()],
+                    stdin: true,
+                    stdout: true,
+                    stderr: false,
+                    tty: true,
+                },
+            },
+            Frame::NodeReport(crate::pod::tests::sample_node_report()),
+            Frame::PodStatus(crate::pod::tests::sample_report()),
+            Frame::Event(AgentEvent {
+                pod_uid: "u1".into(),
+                namespace: "default".into(),
+                pod_name: "web-1".into(),
+                field_path: "spec.containers{web}".into(),
+                warning: true,
+                reason: "BackOff".into(),
+                message: "Back-off restarting failed container".into(),
+            }),
         ];
         for frame in frames {
             let bytes = encode(&frame).unwrap();
@@ -191,11 +301,11 @@ mod tests {
             unreachable!()
         };
         assert_eq!(check_hello(&peer), Ok(()));
-        peer.protocol_version = 2;
+        peer.protocol_version = 1;
         let err = check_hello(&peer).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "peer speaks agent-link protocol 2, this build speaks 1"
+            "peer speaks agent-link protocol 1, this build speaks 2"
         );
     }
 }
