@@ -868,3 +868,68 @@ fn container_runs_on_an_imported_images_overlay_rootfs() {
     // In use no more: rm works without --force.
     store.ok(&["rm", "fleet/busybox:run"]);
 }
+
+/// An image deeper than the layers' full paths fit in one page of mount options
+/// (~38 at the default data dir) still gets an overlay root filesystem, each layer
+/// named by an open descriptor, with every layer visible and the top one winning.
+#[test]
+fn deep_image_still_mounts_as_overlay() {
+    require_root!();
+    let store = Store::new();
+    let tmp = store.dir.path();
+    const DEPTH: usize = 120;
+    let layout = tmp.join("deep-layout");
+    let w = LayoutWriter::create(&layout).unwrap();
+    let layers: Vec<_> = (0..DEPTH)
+        .map(|i| {
+            w.layer(&[
+                Entry::dir("layers", 0o755),
+                Entry::file(&format!("layers/{i}"), 0o644, format!("{i}").into_bytes()),
+                Entry::file("top", 0o644, format!("layer {i}").into_bytes()),
+            ])
+            .unwrap()
+        })
+        .collect();
+    let m = w.image(Target::host(), &layers).unwrap();
+    w.finish(m, "latest").unwrap();
+    let archive = tmp.join("deep.tar");
+    fixtures::write_oci_archive(&layout, &archive).unwrap();
+    store.ok(&[
+        "import",
+        "--name",
+        "fleet/deep:1",
+        archive.to_str().unwrap(),
+    ]);
+
+    let rootfs = tmp.join("rootfs");
+    fs::create_dir(&rootfs).unwrap();
+    let script = format!(
+        "set -e\n\
+         {a} image --data-dir {d} mount fleet/deep:1 {r} --id deep\n\
+         grep ' {r} overlay ' /proc/self/mounts >/dev/null && echo overlay-mounted\n\
+         echo layers=$(ls {r}/layers | wc -l)\n\
+         echo top=\"$(cat {r}/top)\"\n\
+         {a} image --data-dir {d} unmount deep\n",
+        a = bin("flotilla-agent").display(),
+        d = store.data().display(),
+        r = rootfs.display(),
+    );
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(&script);
+    let out = flotilla_tests::sandbox::with_private_mounts(&sh)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("overlay-mounted"), "{stdout}");
+    assert!(stdout.contains(&format!("layers={DEPTH}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("top=layer {}", DEPTH - 1)),
+        "{stdout}"
+    );
+    assert!(!store.data().join("snapshots/deep").exists());
+}

@@ -3,6 +3,11 @@
 //! unpacked layers (top first) plus that upper dir, mounted where the runtime wants it.
 //! Where overlayfs is unavailable the layers are copied into `snapshots/<id>/rootfs`
 //! (whiteouts and opaque dirs applied) and bind-mounted instead.
+//!
+//! The kernel takes mount options in one page, so the layers' full paths fit only for
+//! images of a few dozen layers; deeper images name each layer by a short
+//! `/proc/self/fd/N` path of an open directory instead, and only images deeper than
+//! even that allows (or than overlayfs stacks, 500) fall back to a copy.
 
 use std::fs;
 use std::io;
@@ -100,7 +105,7 @@ pub fn mount(
                     if matches!(
                         e.raw_os_error(),
                         Some(libc::ENODEV) | Some(libc::EINVAL) | Some(libc::EPERM)
-                    ) =>
+                    ) || e.kind() == io::ErrorKind::InvalidInput =>
                 {
                     Mode::Copy
                 }
@@ -144,20 +149,61 @@ pub fn mount(
     }
 }
 
+/// The kernel copies mount options into one page; keep below it.
+const MAX_MOUNT_DATA: usize = 4000;
+
+/// The most lower layers overlayfs stacks (`OVL_MAX_STACK`).
+const MAX_OVERLAY_LAYERS: usize = 500;
+
 fn mount_overlay(layers: &[PathBuf], dir: &Path, target: &Path) -> io::Result<()> {
-    let lower: Vec<String> = layers.iter().map(|l| escape(l)).collect();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
+    if layers.len() > MAX_OVERLAY_LAYERS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} layers exceed overlayfs' {MAX_OVERLAY_LAYERS}",
+                layers.len()
+            ),
+        ));
+    }
+    let upper_work = format!(
+        "upperdir={},workdir={}",
         escape(&dir.join("upper")),
         escape(&dir.join("work"))
     );
-    if data.len() >= 4000 {
+    let by_path: Vec<String> = layers.iter().map(|l| escape(l)).collect();
+    let data = format!("lowerdir={},{upper_work}", by_path.join(":"));
+    if data.len() < MAX_MOUNT_DATA {
+        return mount_with(&data, target);
+    }
+    // Too long: name each layer by an open descriptor, held until the mount is done.
+    let fds = layers
+        .iter()
+        .map(|l| {
+            rustix::fs::open(
+                l,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(io::Error::from)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let by_fd: Vec<String> = fds
+        .iter()
+        .map(|fd| format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
+        .collect();
+    let data = format!("lowerdir={},{upper_work}", by_fd.join(":"));
+    if data.len() >= MAX_MOUNT_DATA {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "too many layers for one overlay mount",
+            format!("{} layers are too many for one overlay mount", layers.len()),
         ));
     }
+    mount_with(&data, target)
+}
+
+fn mount_with(data: &str, target: &Path) -> io::Result<()> {
     let data =
         std::ffi::CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     rustix::mount::mount(
