@@ -3,7 +3,6 @@
 //! and only then records the image's names, so a failure leaves no half-installed image.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -100,43 +99,21 @@ fn unpack_all(
         .unwrap_or(1)
         .min(blobs.len())
         .max(1);
-    let next = AtomicUsize::new(0);
     let created = Mutex::new(Vec::new());
-    let first_error = Mutex::new(None::<anyhow::Error>);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    if first_error.lock().unwrap().is_some() {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= blobs.len() {
-                        return;
-                    }
-                    match store.ensure_layer(&blobs[i], &diff_ids[i]) {
-                        Ok(fresh) => {
-                            // Layers already there were reported by whoever unpacked them.
-                            if fresh {
-                                created.lock().unwrap().push(diff_ids[i].clone());
-                                progress(&Event::Unpacked {
-                                    diff_id: diff_ids[i].clone(),
-                                    fresh,
-                                });
-                            }
-                        }
-                        Err(e) => {
-                            first_error.lock().unwrap().get_or_insert(e);
-                            return;
-                        }
-                    }
-                }
+    let result = crate::parallel::for_each(blobs.len(), threads, |i| {
+        // Layers already there were reported by whoever unpacked them.
+        if store.ensure_layer(&blobs[i], &diff_ids[i])? {
+            created.lock().unwrap().push(diff_ids[i].clone());
+            progress(&Event::Unpacked {
+                diff_id: diff_ids[i].clone(),
+                fresh: true,
             });
         }
+        Ok(())
     });
     let created = created.into_inner().unwrap();
-    match first_error.into_inner().unwrap() {
-        Some(e) => Err((e, created)),
-        None => Ok(created),
+    match result {
+        Err(e) => Err((e, created)),
+        Ok(()) => Ok(created),
     }
 }

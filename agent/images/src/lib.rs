@@ -15,6 +15,7 @@ pub mod digest;
 pub mod import;
 pub mod install;
 pub mod manifest;
+mod parallel;
 pub mod platform;
 pub mod progress;
 pub mod pull;

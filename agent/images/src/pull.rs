@@ -4,7 +4,6 @@
 //! the image (unpack and name) only when every blob is verified.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -183,45 +182,19 @@ fn download_all(
     created: &Mutex<Vec<Digest>>,
     progress: Progress<'_>,
 ) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    let first_error = Mutex::new(None::<anyhow::Error>);
-    std::thread::scope(|s| {
-        for _ in 0..parallel.min(blobs.len()) {
-            s.spawn(|| {
-                loop {
-                    if first_error.lock().unwrap().is_some() {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((digest, size)) = blobs.get(i) else {
-                        return;
-                    };
-                    let result = client
-                        .fetch_blob(store.content(), digest, *size, progress)
-                        .and_then(|()| store.ensure_layer(digest, &diff_ids[i]));
-                    match result {
-                        Ok(fresh) => {
-                            if fresh {
-                                created.lock().unwrap().push(diff_ids[i].clone());
-                            }
-                            progress(&Event::Unpacked {
-                                diff_id: diff_ids[i].clone(),
-                                fresh,
-                            })
-                        }
-                        Err(e) => {
-                            first_error.lock().unwrap().get_or_insert(e);
-                            return;
-                        }
-                    }
-                }
-            });
+    crate::parallel::for_each(blobs.len(), parallel, |i| {
+        let (digest, size) = &blobs[i];
+        client.fetch_blob(store.content(), digest, *size, progress)?;
+        let fresh = store.ensure_layer(digest, &diff_ids[i])?;
+        if fresh {
+            created.lock().unwrap().push(diff_ids[i].clone());
         }
-    });
-    match first_error.into_inner().unwrap() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+        progress(&Event::Unpacked {
+            diff_id: diff_ids[i].clone(),
+            fresh,
+        });
+        Ok(())
+    })
 }
 
 /// True when `err` says the image does not exist at the registry.

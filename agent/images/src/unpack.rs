@@ -304,16 +304,7 @@ impl LayerWriter {
                 self.remove(&dir, name)?;
                 rustix::fs::symlinkat(target.as_os_str(), &dir, name.as_os_str())
                     .map_err(|e| errno_ctx(e, || "creating symlink".into()))?;
-                if self.is_root {
-                    rustix::fs::chownat(
-                        &dir,
-                        name.as_os_str(),
-                        Some(uid_of(uid)),
-                        Some(gid_of(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| errno_ctx(e, || "setting symlink owner".into()))?;
-                }
+                self.chown_entry(&dir, name, uid, gid)?;
                 let ts = timestamps(mtime);
                 let _ =
                     rustix::fs::utimensat(&dir, name.as_os_str(), &ts, AtFlags::SYMLINK_NOFOLLOW);
@@ -369,20 +360,26 @@ impl LayerWriter {
                 self.remove(&dir, name)?;
                 rustix::fs::mknodat(&dir, name.as_os_str(), ft, Mode::from_raw_mode(mode), dev)
                     .map_err(|e| errno_ctx(e, || "creating device node".into()))?;
-                if self.is_root {
-                    rustix::fs::chownat(
-                        &dir,
-                        name.as_os_str(),
-                        Some(uid_of(uid)),
-                        Some(gid_of(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| errno_ctx(e, || "setting owner".into()))?;
-                }
+                self.chown_entry(&dir, name, uid, gid)?;
             }
             other => bail!("unsupported tar entry type {other:?}"),
         }
         Ok(())
+    }
+
+    /// Gives a symlink or device node (not followed) its owner, when running as root.
+    fn chown_entry(&self, dir: &impl AsFd, name: &OsStr, uid: u32, gid: u32) -> Result<()> {
+        if !self.is_root {
+            return Ok(());
+        }
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(uid_of(uid)),
+            Some(gid_of(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| errno_ctx(e, || format!("setting the owner of {name:?}")))
     }
 
     /// Removes an existing entry, forgetting the cached directory (it may be inside).
