@@ -35,6 +35,9 @@ enum Command {
         /// Extra DNS names or IP addresses for the serving certificate.
         #[arg(long = "tls-san")]
         tls_san: Vec<String>,
+        /// Scheduler and controller settings.
+        #[command(flatten)]
+        drive: drive::Flags,
     },
     /// Write a kubeconfig with a client certificate for a node identity
     /// (system:node:<name> in group system:nodes).
@@ -67,7 +70,8 @@ fn main() -> Result<()> {
             data_dir,
             listen,
             tls_san,
-        } => serve(data_dir, listen, tls_san),
+            drive,
+        } => serve(data_dir, listen, tls_san, drive),
         Command::NodeCredential {
             data_dir,
             name,
@@ -92,7 +96,19 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve(data_dir: PathBuf, listen: SocketAddr, tls_san: Vec<String>) -> Result<()> {
+fn serve(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    tls_san: Vec<String>,
+    drive: drive::Flags,
+) -> Result<()> {
+    loops::ipalloc::configure(
+        &drive.service_cidr,
+        (
+            drive.service_node_port_range.first,
+            drive.service_node_port_range.last,
+        ),
+    );
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     std::fs::set_permissions(
@@ -142,7 +158,7 @@ fn serve(data_dir: PathBuf, listen: SocketAddr, tls_san: Vec<String>) -> Result<
             .await
             .with_context(|| format!("listening on {listen}"))?;
         exec::spawn(loops::gc::run(api.clone(), gc_rx));
-        drive::spawn(api.clone())?;
+        drive::spawn(api.clone(), drive)?;
         tracing::info!(%listen, kubeconfig = %pki::admin_kubeconfig(&data_dir).display(), "serving the Kubernetes API");
         server::serve(api, listener, tls).await
     })

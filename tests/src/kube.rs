@@ -34,12 +34,23 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output 
 /// Starts `flotilla-controller serve` with its data in `DIR/data`, listening on
 /// 127.0.0.1:`port`, with extra environment variables `env`.
 pub fn spawn_controller(dir: &Path, port: u16, env: &[(String, String)]) -> Process {
+    spawn_controller_with(dir, port, env, &[])
+}
+
+/// [`spawn_controller`] with extra `serve` arguments (`--controllers=*,-scheduler`).
+pub fn spawn_controller_with(
+    dir: &Path,
+    port: u16,
+    env: &[(String, String)],
+    args: &[String],
+) -> Process {
     let mut cmd = Command::new(crate::bin("flotilla-controller"));
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"));
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     Process::spawn(cmd).named("flotilla-controller")
 }

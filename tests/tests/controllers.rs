@@ -5,7 +5,7 @@
 //! pods), finishes terminating pods and renews node Leases, as agents would.
 //! They need no root, so they always run (never skipped).
 
-use flotilla_tests::kube::{kubectl, spawn_controller};
+use flotilla_tests::kube::{kubectl, spawn_controller_with};
 use flotilla_tests::process::Process;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,30 +21,28 @@ struct Controller {
     proc: Process,
     dir: tempfile::TempDir,
     port: u16,
-    env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Controller {
-    /// A controller whose nodes never time out unless `env` says otherwise.
-    fn start_with(env: &[(&str, &str)]) -> Controller {
+    /// A controller with these `serve` flags, whose nodes never time out unless
+    /// `args` say otherwise.
+    fn start_with(args: &[&str]) -> Controller {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = flotilla_tests::free_port();
-        let mut env: Vec<(String, String)> = env
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if !args
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        if !env
-            .iter()
-            .any(|(k, _)| k == "FLOTILLA_NODE_MONITOR_GRACE_PERIOD")
+            .any(|a| a.starts_with("--node-monitor-grace-period"))
         {
-            env.push(("FLOTILLA_NODE_MONITOR_GRACE_PERIOD".into(), "3600".into()));
+            args.push("--node-monitor-grace-period=1h".into());
         }
-        let proc = spawn_controller(dir.path(), port, &env);
+        let proc = spawn_controller_with(dir.path(), port, &[], &args);
         let mut c = Controller {
             proc,
             dir,
             port,
-            env,
+            args,
         };
         c.wait_ready();
         c
@@ -57,7 +55,7 @@ impl Controller {
     /// Stops the controller and starts it again on the same data directory.
     fn restart(&mut self) {
         self.proc.stop();
-        self.proc = spawn_controller(self.dir.path(), self.port, &self.env);
+        self.proc = spawn_controller_with(self.dir.path(), self.port, &[], &self.args);
         self.wait_ready();
     }
 
@@ -809,7 +807,11 @@ spec:
 
 #[test]
 fn allocations_stay_unique_across_a_restart() {
-    let mut c = Controller::start();
+    let mut c = Controller::start_with(&[
+        "--cluster-cidr=10.99.0.0/16",
+        "--service-cidr=10.98.0.0/24",
+        "--service-node-port-range=31000-31009",
+    ]);
     let svc = |name: &str, ty: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: {ty}\n  selector: {{app: {name}}}\n  ports: [{{port: 80}}]\n"
@@ -849,7 +851,7 @@ fn allocations_stay_unique_across_a_restart() {
     assert_eq!(unique.len(), 6, "pod CIDRs handed out twice: {all:?}");
     for cidr in &all {
         assert!(
-            cidr.starts_with("10.42.") && cidr.ends_with(".0/24"),
+            cidr.starts_with("10.99.") && cidr.ends_with(".0/24"),
             "{cidr}"
         );
         let n = c.items(&["get", "nodes"]);
@@ -870,7 +872,7 @@ fn allocations_stay_unique_across_a_restart() {
         ips.len(),
         "cluster IPs handed out twice: {ips:?}"
     );
-    assert!(ips.iter().all(|ip| ip.starts_with("10.43.")), "{ips:?}");
+    assert!(ips.iter().all(|ip| ip.starts_with("10.98.0.")), "{ips:?}");
     let ports: Vec<i64> = services
         .iter()
         .flat_map(|v| v["spec"]["ports"].as_array().cloned().unwrap_or_default())
@@ -879,7 +881,7 @@ fn allocations_stay_unique_across_a_restart() {
     assert_eq!(ports.len(), 3, "{ports:?}");
     assert_eq!(ports.iter().collect::<HashSet<_>>().len(), 3, "{ports:?}");
     assert!(
-        ports.iter().all(|p| (30000..=32767).contains(p)),
+        ports.iter().all(|p| (31000..=31009).contains(p)),
         "{ports:?}"
     );
 }
@@ -887,8 +889,8 @@ fn allocations_stay_unique_across_a_restart() {
 #[test]
 fn a_silent_node_turns_unknown_and_its_pods_move() {
     let c = Controller::start_with(&[
-        ("FLOTILLA_NODE_MONITOR_GRACE_PERIOD", "4"),
-        ("FLOTILLA_DEFAULT_TOLERATION_SECONDS", "3"),
+        "--node-monitor-grace-period=4s",
+        "--default-unreachable-toleration-seconds=3",
     ]);
     let nodes = ["n1", "n2", "n3"];
     for n in nodes {
@@ -944,4 +946,43 @@ fn a_silent_node_turns_unknown_and_its_pods_move() {
         let n = c.json(&["get", "node", "n3"]);
         node_ready(&n) == "True" && !unreachable(&n)
     });
+}
+
+#[test]
+fn bad_settings_stop_the_controller_with_an_error_naming_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("--node-monitor-grace-period=40", "with a unit"),
+        ("--service-cidr=10.43.0.1/16", "not a network address"),
+        (
+            "--service-node-port-range=32767-30000",
+            "not above the last",
+        ),
+        (
+            "--controllers=*,-schedular",
+            "unknown controller \"schedular\"",
+        ),
+        ("--default-unreachable-toleration-seconds=-1", "-1"),
+    ];
+    for (arg, why) in cases {
+        let out = Command::new(flotilla_tests::bin("flotilla-controller"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen=127.0.0.1:1")
+            .arg(arg)
+            .output()
+            .expect("the controller runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let flag = arg.split('=').next().unwrap();
+        assert!(!out.status.success(), "{arg} was accepted");
+        assert!(
+            err.contains(flag) && err.contains(why),
+            "{arg}: the error should name {flag} and say {why:?}:\n{err}"
+        );
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the settings are checked"
+    );
 }

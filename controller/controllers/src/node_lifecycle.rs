@@ -34,15 +34,18 @@ pub const REASON_READY: &str = "AgentReady";
 pub struct Config {
     /// How long a node may stay silent before it turns Unknown.
     pub grace_period: Duration,
+    /// How long pods without their own toleration stay on a not-ready node.
+    pub not_ready_toleration_seconds: i64,
     /// How long pods without their own toleration stay on an unreachable node.
-    pub default_toleration_seconds: i64,
+    pub unreachable_toleration_seconds: i64,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             grace_period: Duration::from_secs(40),
-            default_toleration_seconds: 300,
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
         }
     }
 }
@@ -311,8 +314,10 @@ impl NodeLifecycle {
                 .map_or(now.as_second(), |t| t.0.as_second());
             let matching: Vec<_> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
             let seconds = if matching.is_empty() {
-                if taint.key == UNREACHABLE || taint.key == NOT_READY {
-                    Some(self.config.default_toleration_seconds)
+                if taint.key == UNREACHABLE {
+                    Some(self.config.unreachable_toleration_seconds)
+                } else if taint.key == NOT_READY {
+                    Some(self.config.not_ready_toleration_seconds)
                 } else {
                     Some(0)
                 }
@@ -429,7 +434,7 @@ mod tests {
     #[test]
     fn pods_are_evicted_after_their_toleration_runs_out() {
         let mut c = NodeLifecycle::new(Config {
-            default_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
             ..Config::default()
         });
         let nodes = [node(

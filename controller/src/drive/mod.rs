@@ -4,14 +4,11 @@
 //! pure decision functions of `flotilla-scheduler` and `flotilla-controllers`, and an
 //! executor that writes their actions through the API layer ([`write`], [`events`]).
 //!
-//! Settings come from the environment (bad values stop the controller at start):
-//! `FLOTILLA_NODE_MONITOR_GRACE_PERIOD` (seconds a node may stay silent before it turns
-//! Unknown, default 40), `FLOTILLA_DEFAULT_TOLERATION_SECONDS` (how long pods stay on an
-//! unreachable node, default 300), `FLOTILLA_CLUSTER_CIDR` (pod CIDRs, default
-//! 10.42.0.0/16, a /24 per node). ClusterIPs and NodePorts are allocated at admission
-//! by `loops::ipalloc`.
+//! Settings are `serve` flags ([`config`]); `--controllers` says which loops run.
+//! ClusterIPs and NodePorts are allocated at admission by `loops::ipalloc`.
 
 pub mod cache;
+pub mod config;
 pub mod endpoints;
 pub mod events;
 pub mod nodes;
@@ -25,7 +22,7 @@ use crate::api::Api;
 use crate::api::status::ApiResult;
 use anyhow::{Context, Result};
 use cache::{Cache, ObjKey};
-use flotilla_controllers::node_lifecycle;
+pub use config::Flags;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -34,47 +31,6 @@ use queue::Queue;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Timings and ranges.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Node grace period and default toleration seconds.
-    pub lifecycle: node_lifecycle::Config,
-    /// Where node pod CIDRs come from.
-    pub cluster_cidr: String,
-}
-
-impl Config {
-    /// The configuration from the environment (see the module docs).
-    pub fn from_env() -> Result<Config> {
-        let mut lifecycle = node_lifecycle::Config::default();
-        if let Some(v) = env_u64("FLOTILLA_NODE_MONITOR_GRACE_PERIOD")? {
-            lifecycle.grace_period = Duration::from_secs(v);
-        }
-        if let Some(v) = env_u64("FLOTILLA_DEFAULT_TOLERATION_SECONDS")? {
-            lifecycle.default_toleration_seconds = v as i64;
-        }
-        let cluster_cidr = std::env::var("FLOTILLA_CLUSTER_CIDR")
-            .unwrap_or_else(|_| flotilla_controllers::allocators::DEFAULT_CLUSTER_CIDR.to_owned());
-        flotilla_controllers::allocators::Cidr::parse(&cluster_cidr)
-            .map_err(|e| anyhow::anyhow!("FLOTILLA_CLUSTER_CIDR={cluster_cidr:?}: {e}"))?;
-        Ok(Config {
-            lifecycle,
-            cluster_cidr,
-        })
-    }
-}
-
-fn env_u64(name: &str) -> Result<Option<u64>> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .map(Some)
-            .with_context(|| format!("{name}={v:?} is not a whole number of seconds")),
-        Err(_) => Ok(None),
-    }
-}
 
 /// One queue per loop.
 #[derive(Default)]
@@ -91,7 +47,7 @@ pub struct Queues {
 /// Everything the loops share.
 pub struct Ctx {
     pub api: Arc<Api>,
-    pub config: Config,
+    pub config: Flags,
     pub pods: Cache<Pod>,
     pub nodes: Cache<Node>,
     pub leases: Cache<Lease>,
@@ -155,8 +111,7 @@ macro_rules! informer {
 }
 
 /// Fills the caches and starts every loop.
-pub fn spawn(api: Arc<Api>) -> Result<()> {
-    let config = Config::from_env()?;
+pub fn spawn(api: Arc<Api>, config: Flags) -> Result<()> {
     let ctx = Arc::new(Ctx {
         api,
         config,
@@ -184,39 +139,54 @@ pub fn spawn(api: Arc<Api>) -> Result<()> {
     informer!(ctx, services, route::service);
     informer!(ctx, endpoints, route::endpoints);
 
-    crate::exec::spawn(scheduler::run(ctx.clone()));
-    crate::exec::spawn(scheduler::retry_loop(ctx.clone()));
-    crate::exec::spawn(worker(
-        ctx.clone(),
-        "replicaset",
-        |c| &c.queues.replicasets,
-        workloads::replicaset,
-    ));
-    crate::exec::spawn(worker(
-        ctx.clone(),
-        "deployment",
-        |c| &c.queues.deployments,
-        workloads::deployment,
-    ));
-    crate::exec::spawn(worker(
-        ctx.clone(),
-        "daemonset",
-        |c| &c.queues.daemonsets,
-        workloads::daemonset,
-    ));
-    crate::exec::spawn(worker(
-        ctx.clone(),
-        "job",
-        |c| &c.queues.jobs,
-        workloads::job,
-    ));
-    crate::exec::spawn(worker(
-        ctx.clone(),
-        "endpoints",
-        |c| &c.queues.endpoints,
-        endpoints::reconcile,
-    ));
-    crate::exec::spawn(nodes::run(ctx.clone()));
-    ctx.queues.nodes.add(nodes::key());
+    let on = |name| ctx.config.controllers.on(name);
+    if on("scheduler") {
+        crate::exec::spawn(scheduler::run(ctx.clone()));
+        crate::exec::spawn(scheduler::retry_loop(ctx.clone()));
+    }
+    if on("replicaset") {
+        crate::exec::spawn(worker(
+            ctx.clone(),
+            "replicaset",
+            |c| &c.queues.replicasets,
+            workloads::replicaset,
+        ));
+    }
+    if on("deployment") {
+        crate::exec::spawn(worker(
+            ctx.clone(),
+            "deployment",
+            |c| &c.queues.deployments,
+            workloads::deployment,
+        ));
+    }
+    if on("daemonset") {
+        crate::exec::spawn(worker(
+            ctx.clone(),
+            "daemonset",
+            |c| &c.queues.daemonsets,
+            workloads::daemonset,
+        ));
+    }
+    if on("job") {
+        crate::exec::spawn(worker(
+            ctx.clone(),
+            "job",
+            |c| &c.queues.jobs,
+            workloads::job,
+        ));
+    }
+    if on("endpoint") {
+        crate::exec::spawn(worker(
+            ctx.clone(),
+            "endpoints",
+            |c| &c.queues.endpoints,
+            endpoints::reconcile,
+        ));
+    }
+    if on("nodelifecycle") || on("nodeipam") {
+        crate::exec::spawn(nodes::run(ctx.clone()));
+        ctx.queues.nodes.add(nodes::key());
+    }
     Ok(())
 }

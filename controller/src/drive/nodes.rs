@@ -21,7 +21,7 @@ const TICK: Duration = Duration::from_secs(5);
 
 /// Runs the node pass forever.
 pub async fn run(ctx: Arc<Ctx>) {
-    let mut lifecycle = NodeLifecycle::new(ctx.config.lifecycle);
+    let mut lifecycle = NodeLifecycle::new(ctx.config.lifecycle());
     let q = &ctx.queues.nodes;
     loop {
         futures_lite::future::or(
@@ -39,10 +39,15 @@ pub async fn run(ctx: Arc<Ctx>) {
         let nodes: Vec<_> = ctx.nodes.list().iter().map(|n| (**n).clone()).collect();
         let leases: Vec<_> = ctx.leases.list().iter().map(|l| (**l).clone()).collect();
         let pods: Vec<_> = ctx.pods.list().iter().map(|p| (**p).clone()).collect();
-        let mut actions = lifecycle.reconcile(&nodes, &leases, &pods, Timestamp::now());
-        match allocators::assign_pod_cidrs(&ctx.config.cluster_cidr, 24, &nodes) {
-            Ok(a) => actions.extend(a),
-            Err(e) => tracing::warn!(error = %e, "cannot assign pod CIDRs"),
+        let mut actions = Vec::new();
+        if ctx.config.controllers.on("nodelifecycle") {
+            actions = lifecycle.reconcile(&nodes, &leases, &pods, Timestamp::now());
+        }
+        if ctx.config.controllers.on("nodeipam") {
+            match allocators::assign_pod_cidrs(&ctx.config.cluster_cidr, 24, &nodes) {
+                Ok(a) => actions.extend(a),
+                Err(e) => tracing::warn!(error = %e, "cannot assign pod CIDRs"),
+            }
         }
         match write::execute(&ctx, None, actions).await {
             Ok(out) => {

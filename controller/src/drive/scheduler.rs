@@ -60,6 +60,9 @@ fn wants_scheduling(p: &Pod) -> bool {
 
 /// Takes in a pod change from the watch.
 pub fn on_pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
+    if !ctx.config.controllers.on("scheduler") {
+        return;
+    }
     let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
     match new {
         Some(p) => {
@@ -97,6 +100,9 @@ pub fn on_node(
     old: Option<&k8s_openapi::api::core::v1::Node>,
     new: Option<&k8s_openapi::api::core::v1::Node>,
 ) {
+    if !ctx.config.controllers.on("scheduler") {
+        return;
+    }
     let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
     match (old, new) {
         (_, Some(n)) => s.cluster.upsert_node(n),

@@ -1,16 +1,46 @@
-//! Service address allocation: cluster IPs from the service CIDR (10.43.0.0/16, the
-//! first address reserved for the `kubernetes` service) and node ports from
-//! 30000-32767, done at admission as Kubernetes' API server does.
+//! Service address allocation: cluster IPs from the service CIDR (`--service-cidr`,
+//! default 10.43.0.0/16, the first address reserved for the `kubernetes` service) and
+//! node ports from `--service-node-port-range` (default 30000-32767), done at admission
+//! as Kubernetes' API server does.
 
 use crate::api::Api;
 use crate::api::status::{ApiError, ApiResult, Cause};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-const BASE: u32 = u32::from_be_bytes([10, 43, 0, 0]);
-const SIZE: u32 = 1 << 16;
+/// The service CIDR (as written, network address, size) and the node port range.
+struct Ranges {
+    cidr: String,
+    base: u32,
+    size: u32,
+    ports: (i64, i64),
+}
+
+static RANGES: OnceLock<Ranges> = OnceLock::new();
+
+/// Sets the service CIDR (`a.b.c.d/n`, validated by the caller) and the node port
+/// range, once, before serving; without it the defaults apply.
+pub fn configure(service_cidr: &str, node_ports: (u16, u16)) {
+    let cidr = flotilla_controllers::allocators::Cidr::parse(service_cidr)
+        .expect("a validated service CIDR");
+    let _ = RANGES.set(Ranges {
+        cidr: service_cidr.to_owned(),
+        base: u32::from(cidr.network),
+        size: 1u32 << (32 - cidr.prefix),
+        ports: (i64::from(node_ports.0), i64::from(node_ports.1)),
+    });
+}
+
+fn ranges() -> &'static Ranges {
+    RANGES.get_or_init(|| Ranges {
+        cidr: "10.43.0.0/16".to_owned(),
+        base: u32::from_be_bytes([10, 43, 0, 0]),
+        size: 1 << 16,
+        ports: (30000, 32767),
+    })
+}
 
 /// Addresses handed out by this process (the store may not show them yet).
 static ISSUED: Mutex<Option<(HashSet<u32>, HashSet<i64>)>> = Mutex::new(None);
@@ -42,6 +72,13 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
     if spec["type"] == "ExternalName" {
         return Ok(());
     }
+    let Ranges {
+        cidr,
+        base,
+        size,
+        ports: (first_port, last_port),
+    } = ranges();
+    let (base, size) = (*base, *size);
     let mut guard = ISSUED.lock().unwrap_or_else(|p| p.into_inner());
     let (store_ips, store_ports) = used(api)?;
     let issued = guard.get_or_insert_with(|| (HashSet::new(), HashSet::new()));
@@ -62,7 +99,7 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
             )
         })?;
         let n = u32::from(parsed);
-        if !(BASE..BASE + SIZE).contains(&n) {
+        if !(base..base + size).contains(&n) {
             return Err(ApiError::invalid(
                 "Service",
                 "",
@@ -70,7 +107,9 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
                 vec![Cause::invalid(
                     "spec.clusterIPs[0]",
                     &json!(want),
-                    "provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16",
+                    format!(
+                        "provided IP is not in the valid range. The range of valid IPs is {cidr}"
+                    ),
                 )],
             ));
         }
@@ -96,8 +135,8 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
         } else {
             10
         };
-        let n = (first..SIZE - 1)
-            .map(|i| BASE + i)
+        let n = (first..size - 1)
+            .map(|i| base + i)
             .find(|n| !store_ips.contains(n) && !issued.0.contains(n))
             .ok_or_else(|| ApiError::internal("the service IP range is full"))?;
         issued.0.insert(n);
@@ -115,7 +154,7 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
     {
         for p in ports {
             if p["nodePort"].is_null() {
-                let n = (30000..=32767)
+                let n = (*first_port..=*last_port)
                     .find(|n| !store_ports.contains(n) && !issued.1.contains(n))
                     .ok_or_else(|| ApiError::internal("the node port range is full"))?;
                 issued.1.insert(n);
