@@ -1,6 +1,7 @@
 //! The controller's PKI: the cluster CA, the API serving certificate, client
-//! certificates for node identities, bearer tokens and kubeconfig files, all kept in
-//! the data directory and created on first start.
+//! certificates for node identities (and the signing of nodes' certificate requests
+//! at join), bearer tokens, the node join token and kubeconfig files, all kept in the
+//! data directory and created on first start.
 
 use anyhow::{Context, Result, bail};
 use rcgen::{
@@ -104,6 +105,29 @@ impl Ca {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Signs a node's certificate signing request (PEM): whatever subject it asks for,
+    /// the certificate says `CN=system:node:<node>, O=system:nodes`, for client
+    /// authentication only, with the public key of the request (whose signature proves
+    /// the node holds the private key). Returns the certificate PEM.
+    pub fn sign_node_csr(&self, csr_pem: &str, node: &str) -> Result<String> {
+        check_node_name(node)?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| anyhow::anyhow!("invalid certificate signing request: {e}"))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("system:node:{node}"));
+        dn.push(DnType::OrganizationName, "system:nodes");
+        let p = &mut csr.params;
+        p.distinguished_name = dn;
+        p.subject_alt_names.clear();
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2125, 1, 1);
+        Ok(csr.signed_by(&self.issuer)?.pem())
     }
 
     /// Issues a client certificate with common name `cn` and organizations `orgs`
@@ -266,6 +290,107 @@ pub fn serving_sans(extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
+/// The join token agents present once to get their node certificate, k3s style:
+/// `K10<sha256 hex of the CA certificate DER>::node:<secret>`. The hash lets an agent
+/// check it talks to this cluster before it sends the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeToken {
+    pub ca_hash: String,
+    pub secret: String,
+}
+
+impl NodeToken {
+    /// Parses `K10<hash>::node:<secret>`, naming what is wrong when it does not fit.
+    pub fn parse(text: &str) -> Result<NodeToken> {
+        let text = text.trim();
+        let rest = text
+            .strip_prefix("K10")
+            .context("a node token starts with K10")?;
+        let (hash, secret) = rest
+            .split_once("::node:")
+            .context("a node token reads K10<CA hash>::node:<secret>")?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("the CA hash of a node token is 64 hex digits");
+        }
+        if secret.is_empty() {
+            bail!("the secret of the node token is empty");
+        }
+        Ok(NodeToken {
+            ca_hash: hash.to_ascii_lowercase(),
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for NodeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "K10{}::node:{}", self.ca_hash, self.secret)
+    }
+}
+
+/// The sha256 (hex) of the first certificate's DER in `pem`.
+pub fn cert_hash(pem: &str) -> Result<String> {
+    use sha2::Digest as _;
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .context("no certificate in the PEM")??;
+    Ok(hex::encode(sha2::Sha256::digest(der.as_ref())))
+}
+
+/// Loads `<dir>/node-token` (0600), creating it on first start; a token pinning
+/// another CA (the CA was replaced) keeps its secret and gets the new hash.
+pub fn load_or_create_node_token(dir: &Path, ca_pem: &str) -> Result<NodeToken> {
+    let path = dir.join("node-token");
+    let ca_hash = cert_hash(ca_pem).context("hashing the CA certificate")?;
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            Some(NodeToken::parse(&text).with_context(|| format!("parsing {}", path.display()))?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if let Some(t) = &existing
+        && t.ca_hash == ca_hash
+    {
+        return Ok(t.clone());
+    }
+    let secret = match existing {
+        Some(t) => t.secret,
+        None => random_token()?,
+    };
+    let token = NodeToken { ca_hash, secret };
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Checks a node name: a DNS-1123 subdomain (lowercase alphanumerics, `-` and `.`,
+/// at most 253 characters, starting and ending alphanumeric).
+pub fn check_node_name(name: &str) -> Result<()> {
+    let ok_edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty()
+        || name.len() > 253
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        || !ok_edge(name.chars().next())
+        || !ok_edge(name.chars().last())
+    {
+        bail!(
+            "invalid node name {name:?}: a node name is a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+        );
+    }
+    Ok(())
+}
+
 /// Paths of the files kept in the data directory.
 pub fn admin_kubeconfig(dir: &Path) -> PathBuf {
     dir.join("admin.kubeconfig")
@@ -280,6 +405,60 @@ mod tests {
         let t = parse_tokens("abc,admin,admin,\"system:masters,x\"\n# c\n").unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].groups, vec!["system:masters", "x"]);
+    }
+
+    #[test]
+    fn node_token_is_created_once_and_pins_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let t = load_or_create_node_token(dir.path(), &ca.cert_pem).unwrap();
+        assert_eq!(t.ca_hash, cert_hash(&ca.cert_pem).unwrap());
+        assert_eq!(
+            load_or_create_node_token(dir.path(), &ca.cert_pem).unwrap(),
+            t
+        );
+        let text = std::fs::read_to_string(dir.path().join("node-token")).unwrap();
+        assert_eq!(NodeToken::parse(&text).unwrap(), t);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("node-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(NodeToken::parse("K10abc::node:x").is_err());
+        assert!(NodeToken::parse(&format!("K10{}::node:", t.ca_hash)).is_err());
+    }
+
+    #[test]
+    fn a_node_csr_gets_the_node_identity_whatever_it_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "system:admin");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let pem = ca.sign_node_csr(&csr, "pi-04").unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let id = crate::server::identity_from_cert(&der).unwrap();
+        assert_eq!(id.user, "system:node:pi-04");
+        assert_eq!(id.groups, vec!["system:nodes"]);
+        assert!(ca.sign_node_csr("garbage", "pi-04").is_err());
+        assert!(ca.sign_node_csr(&csr, "Bad_Name").is_err());
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert!(!secrets_equal("abc", "abcd"));
     }
 
     #[test]
