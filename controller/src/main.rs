@@ -4,6 +4,7 @@ mod api;
 mod bootstrap;
 mod drive;
 mod exec;
+mod hub;
 mod loops;
 mod pki;
 mod server;
@@ -38,6 +39,9 @@ enum Command {
         /// Scheduler and controller settings.
         #[command(flatten)]
         drive: drive::Flags,
+        /// Address and port the agents dial (the agent link, mutual TLS).
+        #[arg(long, env = "FLOTILLA_HUB_LISTEN", default_value = "0.0.0.0:6444")]
+        hub_listen: SocketAddr,
     },
     /// Write a kubeconfig with a client certificate for a node identity
     /// (system:node:<name> in group system:nodes).
@@ -71,7 +75,8 @@ fn main() -> Result<()> {
             listen,
             tls_san,
             drive,
-        } => serve(data_dir, listen, tls_san, drive),
+            hub_listen,
+        } => serve(data_dir, listen, tls_san, drive, hub_listen),
         Command::NodeCredential {
             data_dir,
             name,
@@ -101,6 +106,7 @@ fn serve(
     listen: SocketAddr,
     tls_san: Vec<String>,
     drive: drive::Flags,
+    hub_listen: SocketAddr,
 ) -> Result<()> {
     loops::ipalloc::configure(
         &drive.service_cidr,
@@ -158,6 +164,16 @@ fn serve(
             .await
             .with_context(|| format!("listening on {listen}"))?;
         exec::spawn(loops::gc::run(api.clone(), gc_rx));
+        hub::spawn(
+            api.clone(),
+            &data_dir,
+            &serving,
+            hub::Config {
+                listen: hub_listen,
+                cluster_cidr: drive.cluster_cidr.clone(),
+                service_cidr: drive.service_cidr.clone(),
+            },
+        )?;
         drive::spawn(api.clone(), drive)?;
         tracing::info!(%listen, kubeconfig = %pki::admin_kubeconfig(&data_dir).display(), "serving the Kubernetes API");
         server::serve(api, listener, tls).await

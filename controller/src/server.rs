@@ -102,6 +102,7 @@ pub async fn serve(
                 hyper::server::conn::http1::Builder::new()
                     .timer(SmolTimer::new())
                     .serve_connection(io, svc)
+                    .with_upgrades()
                     .await
             };
             if let Err(e) = result {

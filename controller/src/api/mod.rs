@@ -8,6 +8,8 @@ pub mod meta;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod podexec;
+pub mod podlog;
 pub mod query;
 pub mod registry;
 pub mod status;
@@ -142,6 +144,22 @@ impl Api {
             .auth
             .authenticate(&header("authorization"), cert_ident)
             .ok_or_else(ApiError::unauthorized)?;
+        // Pod logs and exec are relayed from the node (they need the raw request).
+        if let [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "pods",
+            name,
+            sub @ ("log" | "exec"),
+        ] = segs.as_slice()
+        {
+            return match *sub {
+                "log" => podlog::serve(self, ident, ns, name, &parts).await,
+                _ => podexec::serve(self, ident, ns, name, parts).await,
+            };
+        }
         let query = Query::parse(parts.uri.query())?;
         let body = body
             .collect()

@@ -23,13 +23,6 @@ pub async fn serve(api: &Arc<Api>, t: &Target, call: Call) -> ApiResult<Response
             let obj = get_value(api, t)?;
             Ok(json(200, &scale_view(&obj)))
         }
-        (&Method::GET, true, Some("log" | "exec")) | (&Method::POST, true, Some("exec")) => {
-            Err(ApiError::new(
-                503,
-                "ServiceUnavailable",
-                "pod logs and exec are relayed by the agent hub, which this controller does not run yet",
-            ))
-        }
         (&Method::GET, false, None) if call.query.watch => watch::serve(api, t, &call),
         (&Method::GET, false, None) => list(api, t, &call),
         (&Method::POST, false, None) => create(api, t, &call).await,
