@@ -111,11 +111,20 @@ impl Pods {
             slots: Mutex::new(HashMap::new()),
             reports: Mutex::new(HashMap::new()),
             node: Mutex::new(NodeConfig::default()),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
         });
         for rec in records {
             worker::spawn(&inner, rec);
         }
         Ok((Pods { inner }, rx))
+    }
+
+    /// Stops the worker threads and waits for them (for an orderly agent exit); the
+    /// containers keep running under their shims and a later [`Pods::start`] adopts
+    /// them. The state file closes once every clone of this handle is dropped.
+    pub fn shutdown(&self) {
+        worker::shutdown(&self.inner);
     }
 
     /// Settings from the controller (cluster DNS, CIDRs).

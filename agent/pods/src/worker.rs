@@ -35,6 +35,21 @@ pub struct Inner {
     pub slots: Mutex<HashMap<String, Arc<Slot>>>,
     pub reports: Mutex<HashMap<String, PodReport>>,
     pub node: Mutex<NodeConfig>,
+    /// Set by [`crate::Pods::shutdown`]: workers return, containers keep running.
+    pub stop: std::sync::atomic::AtomicBool,
+    pub threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Stops every worker thread and waits for them; containers keep running.
+pub fn shutdown(inner: &Inner) {
+    inner.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for slot in lock(&inner.slots).values() {
+        let _ = lock(&slot.wake).send(());
+    }
+    let threads = std::mem::take(&mut *lock(&inner.threads));
+    for t in threads {
+        let _ = t.join();
+    }
 }
 
 /// What the handle and a worker share about one pod.
@@ -115,13 +130,21 @@ pub fn spawn(inner: &Arc<Inner>, rec: PodRecord) {
     let spawned = std::thread::Builder::new()
         .name(name)
         .spawn(move || worker.run());
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the worker of pod {uid}: {e}");
+    match spawned {
+        Ok(handle) => {
+            let mut threads = lock(&inner.threads);
+            threads.retain(|t| !t.is_finished());
+            threads.push(handle);
+        }
+        Err(e) => tracing::error!("cannot start the worker of pod {uid}: {e}"),
     }
 }
 
 /// Adds a pod or updates its desired spec.
 pub fn upsert(inner: &Arc<Inner>, pod: PodSpec) {
+    if inner.stop.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let slots = lock(&inner.slots);
     if let Some(slot) = slots.get(&pod.uid) {
         let mut d = lock(&slot.desired);
@@ -268,6 +291,9 @@ fn waiting(reason: &str, message: impl Into<String>) -> ContainerState {
 impl Worker {
     fn run(mut self) {
         loop {
+            if self.inner.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             let (spec, removing) = {
                 let d = lock(&self.slot.desired);
                 (d.spec.clone(), d.removing)
@@ -611,7 +637,8 @@ impl Worker {
             r.backoff_secs = (r.backoff_secs * 2).min(max);
         }
         r.last_state = Some(term);
-        r.state = if r.backoff_until_ms > now_ms() {
+        let backing_off = r.backoff_until_ms > now_ms();
+        r.state = if backing_off {
             let secs = r.backoff_until_ms / 1000 - exit.finished_at;
             waiting(
                 "CrashLoopBackOff",
@@ -620,6 +647,14 @@ impl Worker {
         } else {
             waiting("ContainerCreating", "")
         };
+        if backing_off {
+            self.event(
+                Some((kind, &name)),
+                true,
+                "BackOff",
+                format!("Back-off restarting failed container {name} in pod {pod}"),
+            );
+        }
     }
 
     /// Removes an ended attempt's runtime state, root filesystem and bundle.

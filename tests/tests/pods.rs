@@ -1,0 +1,641 @@
+//! End-to-end tests of the pod lifecycle library (`flotilla_pods::Pods`) driven
+//! directly: real containers from the busybox fixture image imported into a
+//! flotilla-images store in a temp dir, the real `flotilla-agent shim`, cgroups under a
+//! per-test parent. No controller is involved.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_pods::{Config, Options, Pods, Update};
+use flotilla_shared::pod::*;
+use flotilla_shared::wire::AgentEvent;
+use flotilla_tests::cgroup::TestCgroup;
+use flotilla_tests::{bin, fixtures, require_root};
+
+const IMAGE: &str = "flotilla/busybox:latest";
+
+/// A node: data dir with the busybox image, runtime root, cgroup parent.
+struct Node {
+    dir: tempfile::TempDir,
+    cg: TestCgroup,
+}
+
+impl Node {
+    fn new(label: &str) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-pods-")
+            .tempdir()
+            .unwrap();
+        let cg = TestCgroup::new(label);
+        let out = Command::new(bin("flotilla-agent"))
+            .arg("image")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--quiet")
+            .arg("import")
+            .arg(fixtures::busybox_docker_archive())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Node { dir, cg }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn runtime_root(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn cgroup_root(&self) -> String {
+        format!("{}/pods", self.cg.path())
+    }
+
+    fn start(&self) -> Agent {
+        let (pods, rx) = Pods::start_with(
+            Config {
+                data_dir: self.data(),
+                runtime_root: self.runtime_root(),
+                node_name: "node1".into(),
+            },
+            Options {
+                shim_exe: bin("flotilla-agent"),
+                cgroup_root: self.cgroup_root(),
+                registries: self.dir.path().join("registries.yaml"),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        Agent {
+            pods,
+            rx,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Also after a failed test: nothing stays mounted below the node's dir (the
+    /// cgroup parent's removal then stops whatever still runs).
+    fn drop(&mut self) {
+        let mut left = mounts_under(self.dir.path());
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A running `Pods` and the updates it sent.
+struct Agent {
+    pods: Pods,
+    rx: async_channel::Receiver<Update>,
+    events: Vec<AgentEvent>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.pods.shutdown();
+    }
+}
+
+impl Agent {
+    fn drain(&mut self) {
+        while let Ok(u) = self.rx.try_recv() {
+            if let Update::Event(e) = u {
+                eprintln!("event {} {}: {}", e.pod_name, e.reason, e.message);
+                self.events.push(e);
+            }
+        }
+    }
+
+    fn report(&self, uid: &str) -> Option<PodReport> {
+        self.pods.reports().into_iter().find(|r| r.uid == uid)
+    }
+
+    /// Waits until the pod's report satisfies `what`.
+    fn wait(
+        &mut self,
+        uid: &str,
+        secs: u64,
+        what: &str,
+        ok: impl Fn(&PodReport) -> bool,
+    ) -> PodReport {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            self.drain();
+            if let Some(r) = self.report(uid)
+                && ok(&r)
+            {
+                return r;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}: {:#?}", self.report(uid));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn has_event(&mut self, reason: &str, contains: &str) -> bool {
+        self.drain();
+        self.events
+            .iter()
+            .any(|e| e.reason == reason && e.message.contains(contains))
+    }
+
+    fn logs(
+        &self,
+        uid: &str,
+        container: &str,
+        tail: i64,
+        timestamps: bool,
+        previous: bool,
+    ) -> String {
+        let mut r = self
+            .pods
+            .logs(&StreamRequest::Logs {
+                pod_uid: uid.into(),
+                container: container.into(),
+                follow: false,
+                previous,
+                timestamps,
+                tail_lines: tail,
+                since_seconds: 0,
+                limit_bytes: 0,
+            })
+            .unwrap();
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    /// Runs a command in a container: (exit code, stdout).
+    fn exec(&self, uid: &str, container: &str, cmd: &[&str]) -> (i32, String) {
+        let mut s = self
+            .pods
+            .exec(&StreamRequest::Exec {
+                pod_uid: uid.into(),
+                container: container.into(),
+                command: cmd.iter().map(|s| s.to_string()).collect(),
+                stdin: false,
+                stdout: true,
+                stderr: false,
+                tty: false,
+            })
+            .unwrap();
+        let mut out = String::new();
+        s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        (s.wait().unwrap(), out)
+    }
+}
+
+fn container(name: &str, script: &str) -> Container {
+    Container {
+        name: name.into(),
+        image: IMAGE.into(),
+        image_pull_policy: PullPolicy::IfNotPresent,
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        args: vec![],
+        working_dir: String::new(),
+        env: vec![],
+        ports: vec![],
+        resources: Resources::default(),
+        volume_mounts: vec![],
+        liveness_probe: None,
+        readiness_probe: None,
+        startup_probe: None,
+        security: ContainerSecurity::default(),
+        tty: false,
+        stdin: false,
+    }
+}
+
+fn pod(name: &str, policy: RestartPolicy, containers: Vec<Container>) -> PodSpec {
+    PodSpec {
+        uid: format!("{name}-{}", std::process::id()),
+        namespace: "default".into(),
+        name: name.into(),
+        revision: 1,
+        deleting: false,
+        init_containers: vec![],
+        containers,
+        restart_policy: policy,
+        termination_grace_period_seconds: 1,
+        active_deadline_seconds: 0,
+        host_network: false,
+        host_pid: false,
+        host_ipc: false,
+        hostname: name.into(),
+        dns: DnsConfig {
+            use_host: false,
+            nameservers: vec!["10.43.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec![("ndots".into(), "5".into())],
+        },
+        volumes: vec![],
+        security: PodSecurity::default(),
+        labels: vec![],
+        annotations: vec![],
+    }
+}
+
+fn state(r: &PodReport, i: usize) -> &ContainerState {
+    &r.containers[i].state
+}
+
+fn exit_of(s: &ContainerState) -> Option<(i32, &str)> {
+    match s {
+        ContainerState::Terminated {
+            exit_code, reason, ..
+        } => Some((*exit_code, reason.as_str())),
+        _ => None,
+    }
+}
+
+/// Mounts (from our mountinfo) below `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_string_lossy().to_string();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&d))
+        .map(str::to_string)
+        .collect()
+}
+
+fn cgroup_dir_exists(rel: &str) -> bool {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .any(|h| h.path().join(rel.trim_start_matches('/')).exists())
+}
+
+/// Deletes the pod (deleting → terminated) and then forgets it; checks that no
+/// cgroup, mount or runtime state is left.
+fn delete_and_check(agent: &mut Agent, node: &Node, mut spec: PodSpec) {
+    spec.deleting = true;
+    spec.revision += 1;
+    let uid = spec.uid.clone();
+    agent.pods.upsert(spec);
+    agent.wait(&uid, 30, "terminated", |r| r.terminated);
+    let pod_cg = format!("{}/pod-{uid}", node.cgroup_root());
+    assert!(
+        !cgroup_dir_exists(&pod_cg),
+        "pod cgroup {pod_cg} left behind"
+    );
+    assert_eq!(
+        mounts_under(&node.data().join("pods").join(&uid)),
+        Vec::<String>::new()
+    );
+    let left: Vec<_> = std::fs::read_dir(node.runtime_root())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+    agent.pods.remove(&uid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.report(&uid).is_some() || node.data().join("pods").join(&uid).exists() {
+        assert!(Instant::now() < deadline, "pod not forgotten");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pod_runs_reports_exit_codes_logs_and_is_deleted_cleanly() {
+    require_root!();
+    let node = Node::new("pods-run");
+    let mut agent = node.start();
+    let failing = pod(
+        "failing",
+        RestartPolicy::Never,
+        vec![container(
+            "main",
+            "for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; hostname; cat /etc/resolv.conf; sleep 1; exit 3",
+        )],
+    );
+    let fine = pod(
+        "fine",
+        RestartPolicy::Never,
+        vec![container("main", "echo done")],
+    );
+    agent.pods.set_desired(vec![failing.clone(), fine.clone()]);
+    let r = agent.wait(&failing.uid, 30, "Running", |r| {
+        r.phase == PodPhase::Running
+    });
+    assert!(matches!(state(&r, 0), ContainerState::Running { .. }));
+    assert!(r.containers[0].container_id.starts_with("flotilla://"));
+    let r = agent.wait(&failing.uid, 30, "Failed", |r| r.phase == PodPhase::Failed);
+    assert_eq!(exit_of(state(&r, 0)), Some((3, "Error")));
+    assert_eq!(r.pod_ip, "", "pod IPs come with pod networking");
+    let r = agent.wait(&fine.uid, 30, "Succeeded", |r| {
+        r.phase == PodPhase::Succeeded
+    });
+    assert_eq!(exit_of(state(&r, 0)), Some((0, "Completed")));
+    assert!(agent.has_event("Pulled", "already present on machine"));
+    assert!(agent.has_event("Created", "main"));
+    assert!(agent.has_event("Started", "main"));
+
+    let all = agent.logs(&failing.uid, "main", -1, false, false);
+    assert!(all.starts_with("line 1\nline 2\n"), "{all}");
+    assert!(all.contains("oops\n"), "stderr: {all}");
+    assert!(all.contains("\nfailing\n"), "hostname: {all}");
+    assert!(all.contains("nameserver 10.43.0.10\n"), "{all}");
+    assert!(all.contains("search default.svc.cluster.local\n"), "{all}");
+    let tail = agent.logs(&fine.uid, "main", 1, false, false);
+    assert_eq!(tail, "done\n");
+    let lines = agent.logs(&failing.uid, "main", -1, true, false);
+    let first = lines.lines().next().unwrap();
+    let (ts, text) = first.split_once(' ').unwrap();
+    assert!(ts.ends_with('Z') && ts.contains('T'), "{first}");
+    assert_eq!(text, "line 1");
+    let e = agent
+        .pods
+        .logs(&StreamRequest::Logs {
+            pod_uid: fine.uid.clone(),
+            container: "main".into(),
+            follow: false,
+            previous: true,
+            timestamps: false,
+            tail_lines: -1,
+            since_seconds: 0,
+            limit_bytes: 0,
+        })
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("previous terminated container"),
+        "{e}"
+    );
+
+    delete_and_check(&mut agent, &node, failing);
+    delete_and_check(&mut agent, &node, fine);
+}
+
+#[test]
+fn restart_always_backs_off_and_counts_restarts() {
+    require_root!();
+    let node = Node::new("pods-restart");
+    let mut agent = node.start();
+    let p = pod(
+        "crashy",
+        RestartPolicy::Always,
+        vec![container("main", "echo attempt; exit 2")],
+    );
+    agent.pods.upsert(p.clone());
+    // The first restart is immediate; the next waits 10 s.
+    let r = agent.wait(&p.uid, 30, "first restart", |r| {
+        r.containers[0].restart_count == 1
+    });
+    assert_eq!(r.phase, PodPhase::Running);
+    let r = agent.wait(&p.uid, 15, "CrashLoopBackOff", |r| {
+        matches!(state(r, 0), ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+    });
+    let since = Instant::now();
+    let ContainerState::Waiting { message, .. } = state(&r, 0) else {
+        unreachable!()
+    };
+    assert!(message.contains("back-off 10s"), "{message}");
+    assert!(
+        matches!(
+            &r.containers[0].last_state,
+            Some(ContainerState::Terminated { exit_code: 2, .. })
+        ),
+        "{r:#?}"
+    );
+    assert!(agent.has_event("BackOff", "Back-off restarting failed container"));
+    agent.wait(&p.uid, 20, "second restart", |r| {
+        r.containers[0].restart_count == 2
+    });
+    let waited = since.elapsed();
+    assert!(
+        waited >= Duration::from_secs(7),
+        "restarted after {waited:?}, before its back-off"
+    );
+    let r = agent.wait(&p.uid, 10, "longer back-off", |r| {
+        matches!(state(r, 0), ContainerState::Waiting { message, .. } if message.contains("back-off 20s"))
+    });
+    assert_eq!(r.containers[0].restart_count, 2);
+    assert_eq!(agent.logs(&p.uid, "main", -1, false, true), "attempt\n");
+    delete_and_check(&mut agent, &node, p);
+}
+
+#[test]
+fn memory_limit_reports_oom_killed() {
+    require_root!();
+    let node = Node::new("pods-oom");
+    let mut agent = node.start();
+    let mut c = container("hog", "dd if=/dev/zero of=/dev/null bs=64M count=4");
+    c.resources.memory_limit_bytes = 16 << 20;
+    let p = pod("hog", RestartPolicy::Never, vec![c]);
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 30, "Failed", |r| r.phase == PodPhase::Failed);
+    assert_eq!(exit_of(state(&r, 0)), Some((137, "OOMKilled")), "{r:#?}");
+    delete_and_check(&mut agent, &node, p);
+}
+
+fn exec_probe(cmd: &str, period: u32, failure: u32) -> Probe {
+    Probe {
+        action: ProbeAction::Exec {
+            command: vec!["sh".into(), "-c".into(), cmd.into()],
+        },
+        initial_delay_seconds: 0,
+        period_seconds: period,
+        timeout_seconds: 5,
+        success_threshold: 1,
+        failure_threshold: failure,
+    }
+}
+
+#[test]
+fn liveness_failure_restarts_and_readiness_flips_ready() {
+    require_root!();
+    let node = Node::new("pods-probes");
+    let mut agent = node.start();
+    let mut live = container(
+        "live",
+        "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000",
+    );
+    live.liveness_probe = Some(exec_probe("test -f /tmp/healthy", 1, 2));
+    let mut ready = container(
+        "ready",
+        "sleep 2; touch /tmp/ready; sleep 4; rm /tmp/ready; exec sleep 1000",
+    );
+    ready.readiness_probe = Some(Probe {
+        action: ProbeAction::TcpSocket {
+            port: 8080,
+            host: String::new(),
+        },
+        ..exec_probe("", 1, 1)
+    });
+    // The tcp readiness probe reaches a listener in the pod's own network namespace.
+    ready.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "sleep 2; nc -l -p 8080 -e cat & pid=$!; sleep 4; kill $pid; exec sleep 1000".into(),
+    ];
+    let p = pod("probed", RestartPolicy::Always, vec![live, ready]);
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 30, "both running", |r| {
+        r.containers.iter().all(|c| c.started)
+    });
+    assert!(!r.containers[1].ready, "ready before its probe passed");
+    assert!(!r.containers_ready);
+    agent.wait(&p.uid, 20, "ready", |r| r.containers[1].ready);
+    agent.wait(&p.uid, 20, "not ready again", |r| !r.containers[1].ready);
+    let r = agent.wait(&p.uid, 30, "liveness restart", |r| {
+        r.containers[0].restart_count >= 1
+    });
+    assert!(agent.has_event("Unhealthy", "Liveness probe failed"));
+    assert!(agent.has_event("Killing", "failed liveness probe"));
+    assert!(r.containers[0].last_state.is_some());
+    delete_and_check(&mut agent, &node, p);
+}
+
+#[test]
+fn volumes_are_shared_and_exec_returns_exit_codes() {
+    require_root!();
+    let node = Node::new("pods-volumes");
+    let mut agent = node.start();
+    let mount = |name: &str, path: &str, ro: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        sub_path: String::new(),
+        read_only: ro,
+    };
+    let mut writer = container("writer", "echo shared > /data/x; exec sleep 1000");
+    writer.volume_mounts = vec![mount("scratch", "/data", false)];
+    let mut reader = container(
+        "reader",
+        "while ! test -f /data/x; do sleep 0.1; done; cat /data/x; exec sleep 1000",
+    );
+    reader.volume_mounts = vec![
+        mount("scratch", "/data", false),
+        mount("conf", "/etc/conf", true),
+        mount("mem", "/mem", false),
+    ];
+    let mut p = pod("vols", RestartPolicy::Always, vec![writer, reader]);
+    let files = |data: &str| VolumeSource::Files {
+        files: vec![VolumeFile {
+            path: "app.conf".into(),
+            data: data.as_bytes().to_vec(),
+            mode: 0o600,
+        }],
+        default_mode: 0o644,
+    };
+    p.volumes = vec![
+        Volume {
+            name: "scratch".into(),
+            source: VolumeSource::EmptyDir {
+                memory: false,
+                size_limit_bytes: 0,
+            },
+        },
+        Volume {
+            name: "conf".into(),
+            source: files("v1"),
+        },
+        Volume {
+            name: "mem".into(),
+            source: VolumeSource::EmptyDir {
+                memory: true,
+                size_limit_bytes: 1 << 20,
+            },
+        },
+    ];
+    agent.pods.upsert(p.clone());
+    agent.wait(&p.uid, 30, "running", |r| {
+        r.containers.iter().all(|c| c.started)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.logs(&p.uid, "reader", -1, false, false) != "shared\n" {
+        assert!(
+            Instant::now() < deadline,
+            "reader never saw the writer's file"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        agent.exec(&p.uid, "reader", &["cat", "/etc/conf/app.conf"]),
+        (0, "v1".into())
+    );
+    let (code, out) = agent.exec(
+        &p.uid,
+        "reader",
+        &["stat", "-L", "-c", "%a", "/etc/conf/app.conf"],
+    );
+    assert_eq!((code, out.trim()), (0, "600"));
+    assert_eq!(agent.exec(&p.uid, "reader", &["sh", "-c", "exit 7"]).0, 7);
+    let (code, _) = agent.exec(&p.uid, "reader", &["sh", "-c", "echo x > /etc/conf/new"]);
+    assert_ne!(code, 0, "a readOnly mount was writable");
+    let (code, out) = agent.exec(
+        &p.uid,
+        "reader",
+        &["sh", "-c", "grep ' /mem ' /proc/mounts"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("tmpfs"), "{out}");
+    // A new revision rewrites the files in place.
+    p.revision = 2;
+    p.volumes[1].source = files("v2");
+    agent.pods.upsert(p.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .exec(&p.uid, "reader", &["cat", "/etc/conf/app.conf"])
+        .1
+        != "v2"
+    {
+        assert!(Instant::now() < deadline, "files volume not refreshed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let e = agent
+        .pods
+        .exec(&StreamRequest::Exec {
+            pod_uid: p.uid.clone(),
+            container: "nope".into(),
+            command: vec!["true".into()],
+            stdin: false,
+            stdout: true,
+            stderr: false,
+            tty: false,
+        })
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("not valid"), "{e}");
+    delete_and_check(&mut agent, &node, p);
+}
+
+#[test]
+fn a_new_agent_adopts_running_containers_without_restarting_them() {
+    require_root!();
+    let node = Node::new("pods-adopt");
+    let mut agent = node.start();
+    let p = pod(
+        "steady",
+        RestartPolicy::Always,
+        vec![container("main", "echo up; exec sleep 1000")],
+    );
+    agent.pods.upsert(p.clone());
+    let before = agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    agent.pods.shutdown();
+    drop(agent);
+    let mut agent = node.start();
+    let after = agent.wait(&p.uid, 10, "adopted", |r| r.phase == PodPhase::Running);
+    assert_eq!(
+        after.containers[0].container_id,
+        before.containers[0].container_id
+    );
+    assert_eq!(after.containers[0].restart_count, 0);
+    assert_eq!(state(&after, 0), state(&before, 0), "started_at changed");
+    std::thread::sleep(Duration::from_secs(2));
+    let still = agent.report(&p.uid).unwrap();
+    assert_eq!(still.containers[0].restart_count, 0);
+    assert_eq!(agent.exec(&p.uid, "main", &["true"]).0, 0);
+    assert_eq!(agent.logs(&p.uid, "main", -1, false, false), "up\n");
+    delete_and_check(&mut agent, &node, p);
+}
