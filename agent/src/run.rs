@@ -1,0 +1,89 @@
+//! `flotilla-agent run`: the node daemon. At start it imports the air-gap images
+//! folder, opens the pod manager (which adopts the containers a previous agent left
+//! running and restarts from local state alone), then keeps the link to the
+//! controller up ([`crate::daemon`]).
+
+use anyhow::{Context, Result};
+use flotilla_shared::wire::Frame;
+use std::os::unix::fs::DirBuilderExt;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::args::RunArgs;
+use crate::daemon::{self, Settings};
+use crate::node_report::ReportConfig;
+use crate::{airgap, identity};
+
+/// Entry point of `flotilla-agent run`.
+pub fn main(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("flotilla-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let node_name =
+        crate::args::node_name(args.node_name.as_deref()).map_err(anyhow::Error::msg)?;
+    let data_dir = args.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let identity = identity::load(&data_dir)?;
+    match &identity {
+        Some(id) => identity::check_name(id, &node_name, &data_dir)?,
+        None if args.token.is_none() => anyhow::bail!(
+            "this node has not joined a cluster yet: pass --token or FLOTILLA_TOKEN with the controller's <data-dir>/node-token"
+        ),
+        None => {}
+    }
+    airgap::import(&data_dir).context("importing the air-gap images folder")?;
+    let (pods, updates) = flotilla_pods::Pods::start(flotilla_pods::Config {
+        data_dir: data_dir.clone(),
+        runtime_root: args.runtime_root,
+        node_name: node_name.clone(),
+    })
+    .context("starting the pod manager")?;
+    tracing::info!(node = %node_name, pods = pods.reports().len(), "pod manager started from local state");
+    let settings = Settings {
+        server: args.server,
+        token: args.token,
+        data_dir: data_dir.clone(),
+        report: ReportConfig {
+            node_name,
+            node_ip: args.node_ip,
+            labels: args.node_labels,
+            taints: args.node_taints,
+            data_dir,
+        },
+        identity,
+    };
+    smol::block_on(async {
+        let (frames_tx, frames) = async_channel::bounded(256);
+        let _adapter = smol::spawn(async move {
+            while let Ok(update) = updates.recv().await {
+                let frame = match update {
+                    flotilla_pods::Update::Report(r) => Frame::PodStatus(r),
+                    flotilla_pods::Update::Event(e) => Frame::Event(e),
+                };
+                if frames_tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        daemon::serve(Arc::new(pods), frames, settings).await
+    })
+}
