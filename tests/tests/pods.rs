@@ -3,7 +3,7 @@
 //! flotilla-images store in a temp dir, the real `flotilla-agent shim`, cgroups under a
 //! per-test parent. No controller is involved.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -637,5 +637,238 @@ fn a_new_agent_adopts_running_containers_without_restarting_them() {
     assert_eq!(still.containers[0].restart_count, 0);
     assert_eq!(agent.exec(&p.uid, "main", &["true"]).0, 0);
     assert_eq!(agent.logs(&p.uid, "main", -1, false, false), "up\n");
+    delete_and_check(&mut agent, &node, p);
+}
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    require_root!();
+    let node = Node::new("pods-init");
+    let mut agent = node.start();
+    let data = VolumeMount {
+        name: "work".into(),
+        mount_path: "/work".into(),
+        sub_path: String::new(),
+        read_only: false,
+    };
+    let mut first = container("first", "echo one >> /work/order");
+    first.volume_mounts = vec![data.clone()];
+    let mut second = container("second", "sleep 1; echo two >> /work/order");
+    second.volume_mounts = vec![data.clone()];
+    let mut app = container("app", "cat /work/order; exec sleep 1000");
+    app.volume_mounts = vec![data];
+    let mut p = pod("inits", RestartPolicy::Always, vec![app]);
+    p.init_containers = vec![first, second];
+    p.volumes = vec![Volume {
+        name: "work".into(),
+        source: VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: 0,
+        },
+    }];
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 30, "second init running", |r| {
+        matches!(r.init_containers[1].state, ContainerState::Running { .. })
+    });
+    assert!(!r.initialized);
+    assert_eq!(r.phase, PodPhase::Pending);
+    assert!(
+        matches!(&r.containers[0].state, ContainerState::Waiting { reason, .. } if reason == "PodInitializing"),
+        "{r:#?}"
+    );
+    let r = agent.wait(&p.uid, 30, "app running", |r| r.containers_ready);
+    assert!(r.initialized);
+    assert_eq!(r.phase, PodPhase::Running);
+    assert!(
+        r.init_containers
+            .iter()
+            .all(|c| exit_of(&c.state) == Some((0, "Completed")))
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.logs(&p.uid, "app", -1, false, false) != "one\ntwo\n" {
+        assert!(
+            Instant::now() < deadline,
+            "init containers did not run in order"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    delete_and_check(&mut agent, &node, p);
+
+    // A failing init container fails a pod that never restarts; the app never starts.
+    let mut bad = pod(
+        "badinit",
+        RestartPolicy::Never,
+        vec![container("app", "echo should not run")],
+    );
+    bad.init_containers = vec![container("check", "exit 4")];
+    agent.pods.upsert(bad.clone());
+    let r = agent.wait(&bad.uid, 30, "Failed", |r| r.phase == PodPhase::Failed);
+    assert_eq!(exit_of(&r.init_containers[0].state), Some((4, "Error")));
+    assert!(matches!(
+        r.containers[0].state,
+        ContainerState::Waiting { .. }
+    ));
+    assert_eq!(r.containers[0].container_id, "");
+    delete_and_check(&mut agent, &node, bad);
+}
+
+#[test]
+fn deletion_sends_sigterm_first_and_security_context_applies() {
+    require_root!();
+    let node = Node::new("pods-term");
+    let mut agent = node.start();
+    // A shell as pid 1 ignores SIGTERM unless it traps it: this one exits 42 on it.
+    let mut c = container(
+        "main",
+        "trap 'echo got TERM; exit 42' TERM; id -u; id -g; touch /x 2>/dev/null || echo read-only; while true; do sleep 0.1; done",
+    );
+    c.security.run_as_user = Some(1234);
+    c.security.run_as_group = Some(5678);
+    c.security.read_only_root_filesystem = true;
+    let mut p = pod("term", RestartPolicy::Always, vec![c]);
+    p.termination_grace_period_seconds = 30;
+    agent.pods.upsert(p.clone());
+    agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.logs(&p.uid, "main", -1, false, false) != "1234\n5678\nread-only\n" {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            agent.logs(&p.uid, "main", -1, false, false)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let began = Instant::now();
+    p.deleting = true;
+    p.revision += 1;
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 20, "terminated", |r| r.terminated);
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "waited for the grace period instead of SIGTERM"
+    );
+    assert_eq!(exit_of(state(&r, 0)), Some((42, "Error")), "{r:#?}");
+    assert!(agent.has_event("Killing", "Stopping container main"));
+    agent.pods.remove(&p.uid);
+}
+
+#[test]
+fn follow_logs_and_exec_with_a_terminal() {
+    require_root!();
+    let node = Node::new("pods-follow");
+    let mut agent = node.start();
+    let p = pod(
+        "talker",
+        RestartPolicy::Never,
+        vec![container(
+            "main",
+            "for i in 1 2 3; do echo tick $i; sleep 1; done",
+        )],
+    );
+    agent.pods.upsert(p.clone());
+    agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    let mut follow = agent
+        .pods
+        .logs(&StreamRequest::Logs {
+            pod_uid: p.uid.clone(),
+            container: "main".into(),
+            follow: true,
+            previous: false,
+            timestamps: false,
+            tail_lines: -1,
+            since_seconds: 0,
+            limit_bytes: 0,
+        })
+        .unwrap();
+    // A terminal session while it runs: stty sees the size we set.
+    let mut s = agent
+        .pods
+        .exec(&StreamRequest::Exec {
+            pod_uid: p.uid.clone(),
+            container: "main".into(),
+            command: vec!["sh".into()],
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: true,
+        })
+        .unwrap();
+    assert!(s.stderr.is_none(), "a terminal merges stderr into stdout");
+    s.resize(91, 27).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"stty size; exit 5\n").unwrap();
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("27 91"), "{out:?}");
+    assert_eq!(s.wait().unwrap(), 5);
+    // Following ends when the container does.
+    let mut text = String::new();
+    follow.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "tick 1\ntick 2\ntick 3\n");
+    agent.wait(&p.uid, 10, "Succeeded", |r| r.phase == PodPhase::Succeeded);
+    delete_and_check(&mut agent, &node, p);
+}
+
+#[test]
+fn images_are_pulled_per_policy_with_events_and_back_off() {
+    require_root!();
+    let registry = flotilla_tests::registry::Registry::start();
+    let image = registry.push_busybox("fleet/pulled:1");
+    let node = Node::new("pods-pull");
+    let mut agent = node.start();
+    let mut c = container("main", "echo pulled");
+    c.image = image.clone();
+    c.image_pull_policy = PullPolicy::Always;
+    let p = pod("pull", RestartPolicy::Never, vec![c]);
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 60, "Succeeded", |r| r.phase == PodPhase::Succeeded);
+    assert!(r.containers[0].image_id.starts_with("sha256:"), "{r:#?}");
+    assert!(agent.has_event("Pulling", &image));
+    assert!(agent.has_event("Pulled", "Successfully pulled image"));
+    assert_eq!(agent.logs(&p.uid, "main", -1, false, false), "pulled\n");
+
+    let mut c = container("main", "true");
+    c.image = format!("{}/fleet/missing:1", registry.addr());
+    let missing = pod("missing", RestartPolicy::Never, vec![c]);
+    agent.pods.upsert(missing.clone());
+    agent.wait(&missing.uid, 60, "ErrImagePull", |r| {
+        matches!(state(r, 0), ContainerState::Waiting { reason, .. } if reason == "ErrImagePull")
+    });
+    assert!(agent.has_event("Failed", "Failed to pull image"));
+    agent.wait(&missing.uid, 30, "ImagePullBackOff", |r| {
+        matches!(state(r, 0), ContainerState::Waiting { reason, .. } if reason == "ImagePullBackOff")
+    });
+    let mut c = container("main", "true");
+    c.image = "fleet/absent:1".into();
+    c.image_pull_policy = PullPolicy::Never;
+    let never = pod("never", RestartPolicy::Never, vec![c]);
+    agent.pods.upsert(never.clone());
+    agent.wait(&never.uid, 30, "ErrImageNeverPull", |r| {
+        matches!(state(r, 0), ContainerState::Waiting { reason, .. } if reason == "ErrImageNeverPull")
+    });
+    delete_and_check(&mut agent, &node, p);
+    delete_and_check(&mut agent, &node, missing);
+    delete_and_check(&mut agent, &node, never);
+}
+
+#[test]
+fn an_exit_while_the_agent_is_down_is_reported_after_restart() {
+    require_root!();
+    let node = Node::new("pods-down");
+    let mut agent = node.start();
+    let p = pod(
+        "brief",
+        RestartPolicy::Never,
+        vec![container("main", "sleep 2; exit 9")],
+    );
+    agent.pods.upsert(p.clone());
+    agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    drop(agent);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut agent = node.start();
+    let r = agent.wait(&p.uid, 10, "Failed", |r| r.phase == PodPhase::Failed);
+    assert_eq!(exit_of(state(&r, 0)), Some((9, "Error")));
+    assert_eq!(r.containers[0].restart_count, 0);
     delete_and_check(&mut agent, &node, p);
 }
