@@ -1,5 +1,11 @@
 //! The container's cgroup, through libcgroups (v1, v2 and hybrid hosts): create and join,
 //! apply `linux.resources`, read usage, count OOM kills, remove.
+//!
+//! On v1 hierarchies a process joins by writing `0` into `tasks` itself ([`join_self`]):
+//! moving the calling thread skips the kernel's global threadgroup lock, whose write side
+//! waits for an RCU grace period (several milliseconds) each time a runtime writes another
+//! process's pid into `cgroup.procs`. The libcgroups manager (which parses the mount table
+//! once per controller) is built only when first needed, after the fork.
 
 use crate::error::{Error, Result};
 use libcgroups::common::{
@@ -32,13 +38,42 @@ pub enum CgroupMountSource {
     V1(Vec<(String, PathBuf)>),
 }
 
+/// How the container's first process enters its cgroup.
+#[derive(Clone, Debug)]
+pub enum JoinPlan {
+    /// v1 or hybrid: the process creates and joins these directories itself
+    /// (directory, whether it is the cpuset hierarchy's mount point → directory).
+    V1(Vec<V1Dir>),
+    /// Pure v2: the parent moves the process (libcgroups creates the cgroup).
+    ByParent,
+}
+
+/// One v1 hierarchy's directory for the container.
+#[derive(Clone, Debug)]
+pub struct V1Dir {
+    /// The hierarchy's mount point.
+    pub mount: PathBuf,
+    /// The container's directory in it.
+    pub dir: PathBuf,
+    /// Whether this hierarchy carries the cpuset controller.
+    pub cpuset: bool,
+}
+
 /// A container's cgroup.
 pub struct Cgroup {
     path: PathBuf,
-    manager: AnyCgroupManager,
+    manager: std::cell::OnceCell<AnyCgroupManager>,
     unified: bool,
-    /// (mount point name, mount point) of each v1 hierarchy with controllers.
-    v1_mounts: Vec<(String, PathBuf)>,
+    /// Each v1 hierarchy with controllers.
+    v1_mounts: Vec<V1Mount>,
+}
+
+/// A v1 hierarchy: mount point name, mount point, controllers.
+#[derive(Clone, Debug)]
+struct V1Mount {
+    name: String,
+    mount: PathBuf,
+    controllers: Vec<String>,
 }
 
 fn err(path: &Path, reason: impl std::fmt::Display) -> Error {
@@ -64,7 +99,7 @@ const V1_CONTROLLERS: [&str; 12] = [
 ];
 
 /// Lists v1 hierarchies that carry at least one controller libcgroups manages.
-fn v1_mounts() -> Vec<(String, PathBuf)> {
+fn v1_mounts() -> Vec<V1Mount> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
     for line in info.lines() {
@@ -76,7 +111,12 @@ fn v1_mounts() -> Vec<(String, PathBuf)> {
             continue;
         }
         let super_opts = r.nth(1).unwrap_or("");
-        if !super_opts.split(',').any(|o| V1_CONTROLLERS.contains(&o)) {
+        let controllers: Vec<String> = super_opts
+            .split(',')
+            .filter(|o| V1_CONTROLLERS.contains(o))
+            .map(str::to_string)
+            .collect();
+        if controllers.is_empty() {
             continue;
         }
         let Some(mp) = left.split(' ').nth(4) else {
@@ -84,7 +124,11 @@ fn v1_mounts() -> Vec<(String, PathBuf)> {
         };
         let mp = PathBuf::from(mp.replace("\\040", " "));
         if let Some(name) = mp.file_name().and_then(|n| n.to_str()) {
-            out.push((name.to_string(), mp.clone()));
+            out.push(V1Mount {
+                name: name.to_string(),
+                mount: mp.clone(),
+                controllers,
+            });
         }
     }
     out
@@ -96,18 +140,49 @@ impl Cgroup {
         let setup = libcgroups::common::get_cgroup_setup().map_err(|e| err(path, e))?;
         let unified = matches!(setup, CgroupSetup::Unified);
         let abs = Path::new("/").join(path);
-        let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
-            cgroup_path: abs.clone(),
-            systemd_cgroup: false,
-            container_name: String::new(),
-        })
-        .map_err(|e| err(path, e))?;
         Ok(Cgroup {
             path: abs,
-            manager,
+            manager: std::cell::OnceCell::new(),
             unified,
             v1_mounts: if unified { Vec::new() } else { v1_mounts() },
         })
+    }
+
+    /// The libcgroups manager, built on first use.
+    fn manager(&self) -> Result<&AnyCgroupManager> {
+        if let Some(m) = self.manager.get() {
+            return Ok(m);
+        }
+        let m = libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path: self.path.clone(),
+            systemd_cgroup: false,
+            container_name: String::new(),
+        })
+        .map_err(|e| err(&self.path, e))?;
+        Ok(self.manager.get_or_init(|| m))
+    }
+
+    /// Builds the libcgroups manager now (it reads the mount table once per controller),
+    /// so that later operations do not wait for it.
+    pub fn prepare(&self) -> Result<()> {
+        self.manager().map(|_| ())
+    }
+
+    /// How a new process enters this cgroup: by itself ([`join_self`]) on v1.
+    pub fn join_plan(&self) -> JoinPlan {
+        if self.unified {
+            return JoinPlan::ByParent;
+        }
+        JoinPlan::V1(
+            self.v1_mounts
+                .iter()
+                .map(|m| V1Dir {
+                    mount: m.mount.clone(),
+                    dir: m.mount.join(self.rel()),
+                    cpuset: m.controllers.iter().any(|c| c == "cpuset"),
+                })
+                .collect(),
+        )
     }
 
     /// The cgroups path.
@@ -121,7 +196,7 @@ impl Cgroup {
 
     /// Creates the cgroup if needed and moves `pid` into it.
     pub fn join(&self, pid: i32) -> Result<()> {
-        self.manager
+        self.manager()?
             .add_task(nix_for_libcgroups::unistd::Pid::from_raw(pid))
             .map_err(|e| err(&self.path, format!("adding process {pid}: {e}")))
     }
@@ -138,14 +213,14 @@ impl Cgroup {
             oom_score_adj: None,
             freezer_state: None,
         };
-        self.manager
+        self.manager()?
             .apply(&opt)
             .map_err(|e| err(&self.path, format!("applying linux.resources: {e}")))
     }
 
     /// Kills what is left and removes the cgroup directories.
     pub fn remove(&self) -> Result<()> {
-        self.manager
+        self.manager()?
             .remove()
             .map_err(|e| err(&self.path, format!("removing: {e}")))
     }
@@ -171,8 +246,8 @@ impl Cgroup {
     fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
         self.v1_mounts
             .iter()
-            .find(|(name, _)| name.split(',').any(|c| c == controller))
-            .map(|(_, mp)| mp.join(self.rel()))
+            .find(|m| m.controllers.iter().any(|c| c == controller))
+            .map(|m| m.mount.join(self.rel()))
     }
 
     /// Directory holding `controller`'s files for this cgroup.
@@ -208,7 +283,7 @@ impl Cgroup {
     /// Current usage.
     pub fn usage(&self) -> Result<Usage> {
         let s = self
-            .manager
+            .manager()?
             .stats()
             .map_err(|e| err(&self.path, format!("reading stats: {e}")))?;
         Ok(Usage {
@@ -228,9 +303,48 @@ impl Cgroup {
             CgroupMountSource::V1(
                 self.v1_mounts
                     .iter()
-                    .map(|(n, mp)| (n.clone(), mp.join(self.rel())))
+                    .map(|m| (m.name.clone(), m.mount.join(self.rel())))
                     .collect(),
             )
         }
     }
+}
+
+/// Moves the calling thread into the container's v1 directories by writing `0` into
+/// each `tasks`; with `create`, first creates them (cpuset seeded from its parents, as the
+/// kernel refuses tasks in an empty cpuset). Runs in a freshly forked, single-threaded
+/// child, so moving the thread moves the process.
+pub fn join_self(dirs: &[V1Dir], create: bool) -> std::io::Result<()> {
+    for d in dirs {
+        let what = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("cgroup {}: {e}", d.dir.display()))
+        };
+        if create {
+            std::fs::create_dir_all(&d.dir).map_err(what)?;
+        }
+        if create && d.cpuset {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                seed_cpuset(&d.mount, &d.dir, file).map_err(what)?;
+            }
+        }
+        std::fs::write(d.dir.join("tasks"), b"0").map_err(what)?;
+    }
+    Ok(())
+}
+
+/// Copies `file` down from each parent to each empty level between `mount` and `dir`.
+fn seed_cpuset(mount: &Path, dir: &Path, file: &str) -> std::io::Result<()> {
+    let rel = dir.strip_prefix(mount).unwrap_or(Path::new(""));
+    let mut cur = mount.to_path_buf();
+    let mut value = std::fs::read_to_string(cur.join(file))?;
+    for c in rel.components() {
+        cur.push(c);
+        let mine = std::fs::read_to_string(cur.join(file))?;
+        if mine.trim().is_empty() {
+            std::fs::write(cur.join(file), value.trim())?;
+        } else {
+            value = mine;
+        }
+    }
+    Ok(())
 }

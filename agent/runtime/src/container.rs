@@ -2,7 +2,7 @@
 //! kill, wait, exec, usage, delete. The CLI is a thin layer over it and the agent's pod
 //! manager calls it directly.
 
-use crate::cgroups::{Cgroup, Usage};
+use crate::cgroups::{Cgroup, JoinPlan, Usage};
 use crate::config::{Plan, ProcessPlan};
 use crate::error::{Context, Error, Result};
 use crate::init::{ExecArgs, InitArgs};
@@ -133,6 +133,22 @@ impl Drop for Cleanup {
     }
 }
 
+/// Waits for the child's message `tag`; its error message or its exit become the error.
+fn expect(sock: &OwnedFd, tag: u8) -> Result<()> {
+    loop {
+        match sync::recv(sock).ctx(|| "reading from the container process".into())? {
+            Some(m) if m.tag == tag => return Ok(()),
+            Some(m) if m.tag == sync::ERROR => return Err(Error::Init(m.text())),
+            Some(_) => {}
+            None => {
+                return Err(Error::Init(
+                    "the container process exited during set-up".into(),
+                ));
+            }
+        }
+    }
+}
+
 fn open_ns(path: &Path, flag: CloneFlags) -> Result<(CloneFlags, OwnedFd)> {
     let f = std::fs::File::open(path).ctx(|| format!("opening namespace {}", path.display()))?;
     Ok((flag, OwnedFd::from(f)))
@@ -227,12 +243,14 @@ impl Runtime {
             .collect::<Result<Vec<_>>>()?;
         let (psock, csock) = sync::pair().ctx(|| "creating the sync socket".into())?;
         let cgroup_mount = cgroup.mount_source();
+        let cgroup_join = cgroup.join_plan();
         let args = InitArgs {
             plan: &plan,
             sock: csock.as_raw_fd(),
             fifo: fifo.as_ref().map(|f| f.as_raw_fd()),
             join: &join,
             cgroup_mount: &cgroup_mount,
+            cgroup: &cgroup_join,
             last_cap: crate::capabilities::last_cap(),
             stdio: [0, 1, 2].map(|i| opts.stdio[i].as_ref().map(|f| f.as_raw_fd())),
         };
@@ -285,7 +303,14 @@ impl Runtime {
         cleanup.pids.push(pid);
         cleanup.cgroup = Some(cgroup);
         let cgroup = cleanup.cgroup.as_ref().expect("set above");
-        cgroup.join(pid)?;
+        // While the init enters its cgroup and creates its namespaces, build the cgroup
+        // manager; the resources are applied once the cgroup exists.
+        cgroup.prepare()?;
+        match cgroup_join {
+            JoinPlan::V1(_) => expect(&psock, sync::JOINED)?,
+            JoinPlan::ByParent => cgroup.join(pid)?,
+        }
+        crate::trace::phase("cgroup joined");
         if let Some(res) = plan
             .spec
             .linux()
@@ -294,8 +319,9 @@ impl Runtime {
         {
             cgroup.apply(res)?;
         }
-        sync::send(psock.as_raw_fd(), sync::GO, b"", None)
-            .ctx(|| "signalling the container process".into())?;
+        crate::trace::phase("resources applied");
+        // A child that failed already has its error queued: the loop below reports it.
+        let _ = sync::send(psock.as_raw_fd(), sync::GO, b"", None);
         let mut ready = false;
         let mut failure: Option<String> = None;
         let mut console = None;
@@ -585,12 +611,14 @@ impl Container {
             None
         };
         let cgroup = self.cgroup()?;
+        let cgroup_join = cgroup.join_plan();
         let (psock, csock) = sync::pair().ctx(|| "creating the sync socket".into())?;
         let args = ExecArgs {
             process,
             sock: csock.as_raw_fd(),
             join: &join,
             seccomp: seccomp.as_ref(),
+            cgroup: &cgroup_join,
             last_cap: crate::capabilities::last_cap(),
             tty: pty.as_ref().map(|(_, s)| s.as_raw_fd()),
         };
@@ -610,7 +638,9 @@ impl Container {
             }
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         };
-        if let Err(e) = cgroup.join(interm) {
+        if let JoinPlan::ByParent = cgroup_join
+            && let Err(e) = cgroup.join(interm)
+        {
             reap(interm, true);
             return Err(e);
         }

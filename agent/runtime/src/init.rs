@@ -6,7 +6,7 @@
 //! Children report failures to the parent over the sync socket and `_exit(1)`; they never
 //! return into the caller's code.
 
-use crate::cgroups::CgroupMountSource;
+use crate::cgroups::{CgroupMountSource, JoinPlan};
 use crate::config::{Plan, ProcessPlan};
 use crate::error::{Context, Error, Result};
 use crate::seccomp::Filter;
@@ -26,6 +26,8 @@ pub struct InitArgs<'a> {
     pub join: &'a [(CloneFlags, OwnedFd)],
     /// What a `cgroup` mount shows.
     pub cgroup_mount: &'a CgroupMountSource,
+    /// How the init enters the container's cgroup.
+    pub cgroup: &'a JoinPlan,
     /// Highest capability of the kernel.
     pub last_cap: u32,
     /// Descriptors to install as stdin, stdout, stderr (None: inherit).
@@ -42,6 +44,8 @@ pub struct ExecArgs<'a> {
     pub join: &'a [(CloneFlags, OwnedFd)],
     /// The container's seccomp filter.
     pub seccomp: Option<&'a Filter>,
+    /// How the process enters the container's cgroup.
+    pub cgroup: &'a JoinPlan,
     /// Highest capability of the kernel.
     pub last_cap: u32,
     /// Slave side of a pty to use as the controlling terminal and stdio.
@@ -77,38 +81,52 @@ fn clone_parent() -> std::io::Result<i32> {
     }
 }
 
-fn wait_go(sock: RawFd) -> Result<()> {
+/// Waits for the parent's message `tag`; if the parent went away or failed instead,
+/// leaves quietly (it reports the failure itself).
+fn wait_for(sock: RawFd, tag: u8) {
     // SAFETY: borrowing a descriptor we own for the duration of the call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) };
     match sync::recv(&fd.as_raw_fd()) {
-        Ok(Some(m)) if m.tag == sync::GO => Ok(()),
-        // The parent went away or failed: stop quietly.
+        Ok(Some(m)) if m.tag == tag => {}
+        // SAFETY: terminating the child without running the parent's atexit handlers.
         _ => unsafe { libc::_exit(1) },
     }
 }
 
-fn join_all(join: &[(CloneFlags, OwnedFd)]) -> Result<()> {
+/// Joins the opened namespaces in order, except the kinds in `skip`.
+fn join_all(join: &[(CloneFlags, OwnedFd)], skip: CloneFlags) -> Result<()> {
     for (flag, fd) in join {
-        nix::sched::setns(fd.as_fd(), *flag).ctx(|| format!("joining namespace {flag:?}"))?;
+        if !skip.contains(*flag) {
+            nix::sched::setns(fd.as_fd(), *flag).ctx(|| format!("joining namespace {flag:?}"))?;
+        }
     }
     Ok(())
 }
 
 /// The container's first process, forked by the caller already inside the new (or
-/// joined) pid namespace: joins and creates the other namespaces, waits until the
-/// caller has put it in its cgroup, then becomes the container's init. Never returns.
+/// joined) pid namespace: enters its cgroup (by itself on v1, or waits until the caller
+/// has moved it), joins and creates the other namespaces, waits until the caller has
+/// applied the resources, then becomes the container's init. Never returns.
 pub fn container_child(a: &InitArgs) -> ! {
     let r = (|| -> Result<()> {
-        for (flag, fd) in a.join {
-            if *flag != CloneFlags::CLONE_NEWPID {
-                nix::sched::setns(fd.as_fd(), *flag)
-                    .ctx(|| format!("joining namespace {flag:?}"))?;
+        match a.cgroup {
+            JoinPlan::V1(dirs) => {
+                crate::cgroups::join_self(dirs, true)
+                    .ctx(|| "joining the container's cgroup".into())?;
+                sync::send(a.sock, sync::JOINED, b"", None)
+                    .ctx(|| "reporting the cgroup joined".into())?;
             }
+            JoinPlan::ByParent => wait_for(a.sock, sync::GO),
         }
+        join_all(a.join, CloneFlags::CLONE_NEWPID)?;
         let create =
             a.plan.namespaces.create - CloneFlags::CLONE_NEWPID - CloneFlags::CLONE_NEWCGROUP;
         nix::sched::unshare(create).ctx(|| format!("creating namespaces {create:?}"))?;
-        wait_go(a.sock)?;
+        if matches!(a.cgroup, JoinPlan::V1(_)) {
+            // The parent applies linux.resources meanwhile. Wait for it: device rules
+            // are rewritten from "deny all", and our mknods must not fall in between.
+            wait_for(a.sock, sync::GO);
+        }
         if a.plan
             .namespaces
             .create
@@ -196,15 +214,9 @@ fn init(a: &InitArgs) -> Error {
                 return Error::Init("exec.fifo closed before start".into());
             }
         }
-        None => {
-            // SAFETY: borrowing our own descriptor.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(a.sock) };
-            match sync::recv(&fd.as_raw_fd()) {
-                Ok(Some(m)) if m.tag == sync::START => {}
-                // The caller dropped the container before starting it.
-                _ => unsafe { libc::_exit(1) },
-            }
-        }
+        // Without a FIFO, only the caller holding the container can start it (or it
+        // dropped the container, and we leave).
+        None => wait_for(a.sock, sync::START),
     }
     crate::process::finalize_and_exec(&p.process, &exe, p.seccomp.as_ref(), a.last_cap)
 }
@@ -212,8 +224,12 @@ fn init(a: &InitArgs) -> Error {
 /// The intermediate process of `exec`. Never returns.
 pub fn exec_intermediate(a: &ExecArgs) -> ! {
     let r = (|| -> Result<i32> {
-        wait_go(a.sock)?;
-        join_all(a.join)?;
+        wait_for(a.sock, sync::GO);
+        if let JoinPlan::V1(dirs) = a.cgroup {
+            crate::cgroups::join_self(dirs, false)
+                .ctx(|| "joining the container's cgroup".into())?;
+        }
+        join_all(a.join, CloneFlags::empty())?;
         let pid = clone_parent().ctx(|| "cloning the exec process".into())?;
         if pid == 0 {
             let e = exec_child(a);

@@ -5,8 +5,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Parent → intermediate: the cgroup is joined, go on.
+/// Parent → child: the cgroup is joined and its resources applied, go on.
 pub const GO: u8 = b'G';
+/// Init → parent: it created and joined its (v1) cgroup itself.
+pub const JOINED: u8 = b'J';
 /// Intermediate → parent: pid of the process it cloned (payload: decimal pid).
 pub const PID: u8 = b'P';
 /// Init → parent: set-up done, waiting for start.
@@ -118,7 +120,9 @@ pub fn recv(fd: &impl AsRawFd) -> io::Result<Option<Message>> {
             break r as usize;
         }
         let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
+        // A peer that exits with our messages unread leaves ECONNRESET pending, reported
+        // before what it sent last (its error message): the error is cleared once read.
+        if e.kind() != io::ErrorKind::Interrupted && e.kind() != io::ErrorKind::ConnectionReset {
             return Err(e);
         }
     };
