@@ -872,3 +872,70 @@ fn an_exit_while_the_agent_is_down_is_reported_after_restart() {
     assert_eq!(r.containers[0].restart_count, 0);
     delete_and_check(&mut agent, &node, p);
 }
+
+#[test]
+fn host_paths_are_checked_host_network_is_shared_and_deadlines_fail_pods() {
+    require_root!();
+    let node = Node::new("pods-host");
+    let mut agent = node.start();
+    let shared = node.dir.path().join("host-share");
+    let mut c = container("main", "echo from-pod > /share/hello; exec sleep 1000");
+    c.volume_mounts = vec![VolumeMount {
+        name: "share".into(),
+        mount_path: "/share".into(),
+        sub_path: String::new(),
+        read_only: false,
+    }];
+    let mut p = pod("hostly", RestartPolicy::Always, vec![c.clone()]);
+    p.host_network = true;
+    p.active_deadline_seconds = 4;
+    p.volumes = vec![Volume {
+        name: "share".into(),
+        source: VolumeSource::HostPath {
+            path: shared.to_string_lossy().into(),
+            kind: "DirectoryOrCreate".into(),
+        },
+    }];
+    agent.pods.upsert(p.clone());
+    agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(shared.join("hello"))
+        .ok()
+        .as_deref()
+        != Some("from-pod\n")
+    {
+        assert!(Instant::now() < deadline, "hostPath not shared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The host's network namespace: the same one this test runs in.
+    let (code, out) = agent.exec(&p.uid, "main", &["readlink", "/proc/self/ns/net"]);
+    assert_eq!(code, 0);
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(out.trim(), ours.to_string_lossy());
+    let r = agent.wait(&p.uid, 20, "DeadlineExceeded", |r| {
+        r.phase == PodPhase::Failed && matches!(state(r, 0), ContainerState::Terminated { .. })
+    });
+    assert_eq!(r.reason, "DeadlineExceeded");
+    assert!(agent.has_event("DeadlineExceeded", "deadline"));
+    delete_and_check(&mut agent, &node, p);
+
+    // A hostPath whose type does not match keeps the pod from starting.
+    let mut bad = pod("badhost", RestartPolicy::Always, vec![c]);
+    bad.volumes = vec![Volume {
+        name: "share".into(),
+        source: VolumeSource::HostPath {
+            path: shared.join("hello").to_string_lossy().into(),
+            kind: "Directory".into(),
+        },
+    }];
+    agent.pods.upsert(bad.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.has_event("FailedMount", "is not a Directory") {
+        assert!(Instant::now() < deadline, "no FailedMount event");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = agent.report(&bad.uid).unwrap();
+    assert_eq!(r.phase, PodPhase::Pending);
+    assert_eq!(r.containers[0].container_id, "");
+    delete_and_check(&mut agent, &node, bad);
+}

@@ -447,10 +447,10 @@ impl Worker {
             self.stop_all(grace);
             return;
         }
-        if let Err(e) = self.ensure_sandbox() {
+        if let Err((reason, e)) = self.ensure_sandbox() {
             let msg = format!("{e:#}");
             if msg != self.sandbox_error {
-                self.event(None, true, "FailedCreatePodSandBox", msg.clone());
+                self.event(None, true, reason, msg.clone());
                 self.sandbox_error = msg;
             }
             return;
@@ -525,16 +525,19 @@ impl Worker {
         }
     }
 
-    fn ensure_sandbox(&mut self) -> Result<()> {
+    /// Namespaces, /etc files and volumes; on failure the event reason and error.
+    fn ensure_sandbox(&mut self) -> std::result::Result<(), (&'static str, anyhow::Error)> {
         let spec = &self.rec.spec;
+        let sandbox = |e: anyhow::Error| ("FailedCreatePodSandBox", e);
         std::fs::create_dir_all(&self.pod_dir)
-            .with_context(|| format!("creating {}", self.pod_dir.display()))?;
-        crate::sandbox::ensure(spec, &self.pod_dir)?;
+            .with_context(|| format!("creating {}", self.pod_dir.display()))
+            .map_err(sandbox)?;
+        crate::sandbox::ensure(spec, &self.pod_dir).map_err(sandbox)?;
         if self.etc.is_empty() {
-            self.etc = crate::sandbox::write_etc(spec, &self.pod_dir, "")?;
+            self.etc = crate::sandbox::write_etc(spec, &self.pod_dir, "").map_err(sandbox)?;
         }
         if self.volumes.as_ref().map(|(r, _)| *r) != Some(spec.revision) {
-            let v = crate::volumes::ensure(spec, &self.pod_dir)?;
+            let v = crate::volumes::ensure(spec, &self.pod_dir).map_err(|e| ("FailedMount", e))?;
             self.volumes = Some((spec.revision, v));
         }
         Ok(())
