@@ -836,3 +836,212 @@ fn volume(
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store(objects: &[(&str, serde_json::Value)]) -> Store {
+        let s = Store::open_in_memory(Default::default()).unwrap();
+        for (plural, v) in objects {
+            let name = v["metadata"]["name"].as_str().unwrap();
+            s.create_blocking(
+                Key::new(*plural, "default", name),
+                serde_json::to_vec(v).unwrap(),
+            )
+            .unwrap();
+        }
+        s
+    }
+
+    fn pod(spec: serde_json::Value) -> k8s::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1",
+                         "labels": {"app": "web", "tier": "front"}},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    const CLUSTER: Cluster<'static> = Cluster {
+        dns: "10.43.0.10",
+        domain: "cluster.local",
+    };
+
+    fn literal(spec: &PodSpec, name: &str) -> Option<String> {
+        spec.containers[0]
+            .env
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| match &e.value {
+                EnvValue::Literal(v) => Some(v.clone()),
+                _ => None,
+            })
+    }
+
+    fn objects() -> Store {
+        store(&[
+            (
+                "configmaps",
+                json!({"metadata": {"name": "cm"}, "data": {"MODE": "fast", "conf.ini": "a=1"}}),
+            ),
+            // Secret data is base64 in the API ("s3cret").
+            (
+                "secrets",
+                json!({"metadata": {"name": "sec"}, "data": {"PASSWORD": "czNjcmV0"}}),
+            ),
+        ])
+    }
+
+    #[test]
+    fn environment_is_resolved_from_its_sources() {
+        let s = objects();
+        let p = pod(
+            json!({"nodeName": "n1", "containers": [{"name": "c", "image": "busybox:1.36",
+            "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+            "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+            "env": [
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "PASSWORD"}}},
+                {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "x", "optional": true}}},
+                {"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                {"name": "CM_MODE", "value": "overridden"},
+            ]}]}),
+        );
+        let r = resolve(&s, &p, 5, &CLUSTER).unwrap();
+        let spec = &r.spec;
+        assert!(r.revision >= 1, "the revision covers what was read");
+        assert_eq!(literal(spec, "CM_MODE").as_deref(), Some("overridden"));
+        assert_eq!(literal(spec, "PASSWORD").as_deref(), Some("s3cret"));
+        assert_eq!(literal(spec, "TIER").as_deref(), Some("front"));
+        assert_eq!(literal(spec, "NODE").as_deref(), Some("n1"));
+        assert_eq!(literal(spec, "MEM").as_deref(), Some("64"));
+        assert_eq!(literal(spec, "CPU").as_deref(), Some("500"));
+        assert!(spec.containers[0].env.iter().all(|e| e.name != "OPT"));
+        assert_eq!(literal(spec, "CM_conf.ini").as_deref(), Some("a=1"));
+        assert!(
+            spec.containers[0]
+                .env
+                .iter()
+                .any(|e| e.name == "HOST_IP" && e.value == EnvValue::HostIp)
+        );
+        let res = &spec.containers[0].resources;
+        assert_eq!((res.cpu_limit_millis, res.cpu_request_millis), (500, 500));
+        assert_eq!(res.memory_limit_bytes, 64 << 20);
+        assert_eq!(
+            spec.containers[0].image_pull_policy,
+            PullPolicy::IfNotPresent
+        );
+    }
+
+    #[test]
+    fn missing_references_fail_in_the_kubelets_words() {
+        let s = objects();
+        let missing = pod(json!({"containers": [{"name": "c", "image": "busybox",
+            "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}]}));
+        assert_eq!(
+            resolve(&s, &missing, 1, &CLUSTER).err().unwrap(),
+            "configmap \"absent\" not found"
+        );
+        let key = pod(json!({"containers": [{"name": "c", "image": "busybox",
+            "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nokey"}}}]}]}));
+        assert_eq!(
+            resolve(&s, &key, 1, &CLUSTER).err().unwrap(),
+            "couldn't find key nokey in Secret default/sec"
+        );
+        let pvc = pod(json!({"containers": [{"name": "c", "image": "busybox"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "x"}}]}));
+        assert!(
+            resolve(&s, &pvc, 1, &CLUSTER)
+                .err()
+                .unwrap()
+                .contains("volume \"data\"")
+        );
+    }
+
+    #[test]
+    fn volumes_carry_their_files() {
+        let s = objects();
+        let p = pod(
+            json!({"containers": [{"name": "c", "image": "busybox:latest"}],
+            "volumes": [
+                {"name": "conf", "configMap": {"name": "cm", "items": [{"key": "conf.ini", "path": "app/conf.ini", "mode": 0o600}]}},
+                {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 0o400}},
+                {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+                {"name": "mix", "projected": {"sources": [{"configMap": {"name": "cm", "items": [{"key": "MODE", "path": "mode"}]}},
+                                                          {"serviceAccountToken": {"path": "token"}}]}},
+                {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            ]}),
+        );
+        let spec = resolve(&s, &p, 1, &CLUSTER).unwrap().spec;
+        assert_eq!(spec.containers[0].image_pull_policy, PullPolicy::Always);
+        let files = |i: usize| match &spec.volumes[i].source {
+            VolumeSource::Files {
+                files,
+                default_mode,
+            } => (files.clone(), *default_mode),
+            other => panic!("{other:?}"),
+        };
+        let (f, mode) = files(0);
+        assert_eq!(
+            (f[0].path.as_str(), f[0].data.as_slice(), f[0].mode, mode),
+            ("app/conf.ini", &b"a=1"[..], 0o600, 0o644)
+        );
+        let (f, mode) = files(1);
+        assert_eq!(
+            (f[0].path.as_str(), f[0].data.as_slice(), mode),
+            ("PASSWORD", &b"s3cret"[..], 0o400)
+        );
+        let (f, _) = files(2);
+        assert_eq!(f[0].data, b"app=\"web\"\ntier=\"front\"\n");
+        let (f, _) = files(3);
+        assert_eq!(f.len(), 1, "service account tokens are not issued");
+        assert_eq!(
+            spec.volumes[4].source,
+            VolumeSource::EmptyDir {
+                memory: true,
+                size_limit_bytes: 1 << 20
+            }
+        );
+    }
+
+    #[test]
+    fn probes_dns_and_deletion() {
+        let s = objects();
+        let mut p = pod(
+            json!({"hostNetwork": true, "terminationGracePeriodSeconds": 60,
+            "containers": [{"name": "c", "image": "busybox",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 3},
+                "livenessProbe": {"tcpSocket": {"port": 9000}}}]}),
+        );
+        let spec = resolve(&s, &p, 1, &CLUSTER).unwrap().spec;
+        let ready = spec.containers[0].readiness_probe.as_ref().unwrap();
+        assert!(
+            matches!(&ready.action, ProbeAction::HttpGet { port: 8080, path, .. } if path == "/ready")
+        );
+        assert_eq!((ready.period_seconds, ready.failure_threshold), (3, 3));
+        assert!(
+            spec.dns.use_host,
+            "ClusterFirst on the host network uses the node's resolver"
+        );
+        assert_eq!(spec.termination_grace_period_seconds, 60);
+        assert!(!spec.deleting);
+
+        p.spec.as_mut().unwrap().host_network = Some(false);
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2024-01-01T00:00:00Z".parse().unwrap(),
+        ));
+        p.metadata.deletion_grace_period_seconds = Some(5);
+        let spec = resolve(&s, &p, 1, &CLUSTER).unwrap().spec;
+        assert!(spec.deleting);
+        assert_eq!(spec.termination_grace_period_seconds, 5);
+        assert_eq!(spec.dns.nameservers, ["10.43.0.10"]);
+        assert_eq!(spec.dns.searches[0], "default.svc.cluster.local");
+        assert_eq!(spec.hostname, "web");
+    }
+}
