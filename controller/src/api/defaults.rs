@@ -34,6 +34,8 @@ pub fn apply(kind: &str, obj: &mut Value) {
                     "strategy",
                     json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
                 );
+                // `strategy: {}` (what kubectl's generators send) defaults like none.
+                set_default(&mut spec["strategy"], "type", json!("RollingUpdate"));
                 if spec["strategy"]["type"] == "RollingUpdate" {
                     set_default(&mut spec["strategy"], "rollingUpdate", json!({}));
                     let ru = &mut spec["strategy"]["rollingUpdate"];
@@ -59,6 +61,15 @@ pub fn apply(kind: &str, obj: &mut Value) {
                     "updateStrategy",
                     json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
                 );
+                if spec["updateStrategy"]["type"].is_null() {
+                    spec["updateStrategy"]["type"] = json!("RollingUpdate");
+                }
+                if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                    set_default(&mut spec["updateStrategy"], "rollingUpdate", json!({}));
+                    let ru = &mut spec["updateStrategy"]["rollingUpdate"];
+                    set_default(ru, "maxUnavailable", json!(1));
+                    set_default(ru, "maxSurge", json!(0));
+                }
                 template(spec);
             }
         }
@@ -72,6 +83,10 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
                         set_default(p, "protocol", json!("TCP"));
+                        // A zero or empty targetPort means "unset", as in Kubernetes.
+                        if p["targetPort"] == json!(0) || p["targetPort"] == json!("") {
+                            p["targetPort"] = Value::Null;
+                        }
                         let port = p["port"].clone();
                         set_default(p, "targetPort", port);
                     }
@@ -87,8 +102,14 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 }
                 labels["kubernetes.io/metadata.name"] = name;
             }
-            set_default(obj, "spec", json!({"finalizers": ["kubernetes"]}));
-            set_default(obj, "status", json!({"phase": "Active"}));
+            // A new namespace (no phase yet) gets the kubernetes finalizer, as
+            // Kubernetes' create strategy does; updates keep what they carry.
+            set_default(obj, "spec", json!({}));
+            if obj["status"]["phase"].is_null() {
+                set_default(&mut obj["spec"], "finalizers", json!(["kubernetes"]));
+            }
+            set_default(obj, "status", json!({}));
+            set_default(&mut obj["status"], "phase", json!("Active"));
         }
         "Secret" => {
             set_default(obj, "type", json!("Opaque"));
@@ -260,5 +281,22 @@ mod tests {
         apply("Service", &mut s);
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["type"], "ClusterIP");
+    }
+
+    #[test]
+    fn empty_structs_from_generators_are_defaulted() {
+        // kubectl's typed generators send `strategy: {}`, `spec: {}`, `status: {}`
+        // and targetPort 0 where JSON manifests leave the field out.
+        let mut d = json!({"spec": {"strategy": {}, "template": {"spec": {}}}});
+        apply("Deployment", &mut d);
+        assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let mut n = json!({"metadata": {"name": "x"}, "spec": {}, "status": {}});
+        apply("Namespace", &mut n);
+        assert_eq!(n["spec"]["finalizers"], json!(["kubernetes"]));
+        assert_eq!(n["status"]["phase"], "Active");
+        let mut s = json!({"spec": {"ports": [{"port": 80, "targetPort": 0}]}});
+        apply("Service", &mut s);
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
     }
 }

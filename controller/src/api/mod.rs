@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod defaults;
 pub mod discovery;
+pub mod immutable;
 pub mod meta;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod podexec;
 pub mod podlog;
 pub mod query;
@@ -212,6 +214,7 @@ impl Api {
         call: Call,
     ) -> ApiResult<Response<Body>> {
         let target = parse_target(group, version, rest)?;
+        protobuf::check_accept(&call.accept)?;
         auth::authorize(self, &call, &target).await?;
         objects::serve(self, &target, call).await
     }

@@ -199,6 +199,9 @@ pub fn decode_body(call: &Call) -> ApiResult<Value> {
     if call.body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
+    if super::protobuf::is_protobuf(&call.content_type) {
+        return super::protobuf::decode(&call.body);
+    }
     if call.content_type.contains("protobuf") || call.content_type.contains("cbor") {
         return Err(ApiError::new(
             415,
@@ -494,9 +497,12 @@ pub async fn create_object(
     if res.namespaced {
         admit_namespace(api, ns.unwrap_or(""))?;
     }
-    if res.kind == "Service" {
-        crate::loops::ipalloc::assign_cluster_ip(api, &mut obj)?;
-    }
+    // Held until the create below has landed or failed.
+    let _addresses = if res.kind == "Service" {
+        Some(crate::loops::ipalloc::assign_cluster_ip(api, &mut obj)?)
+    } else {
+        None
+    };
     record_manager(&mut obj, &opts.manager, opts.operation, user_fields, None);
     let name = meta::name(&obj).to_owned();
     if opts.query.dry_run {
@@ -659,6 +665,7 @@ pub async fn update_object(
     defaults::apply(res.kind, &mut obj);
     let mut causes = validation::validate(res.kind, &obj);
     causes.extend(immutable_selector(res, &old_v, &obj));
+    causes.extend(super::immutable::check(res.kind, &old_v, &obj));
     if !causes.is_empty() {
         return Err(invalid(res, &obj, causes));
     }
@@ -901,6 +908,8 @@ pub struct DeleteOpts {
 fn delete_opts(call: &Call) -> ApiResult<DeleteOpts> {
     let body: Value = if call.body.is_empty() {
         Value::Null
+    } else if super::protobuf::is_protobuf(&call.content_type) {
+        super::protobuf::decode(&call.body)?
     } else {
         serde_json::from_slice(&call.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?

@@ -242,20 +242,26 @@ fn item_key(field: &str, item: &Value) -> Option<String> {
     Some(format!("k:{}", json!({ key: kv })))
 }
 
+/// Whether key `k` under `field` is tracked in managedFields: not the top-level
+/// apiVersion, kind and status, and of metadata only labels, annotations,
+/// finalizers and ownerReferences.
+fn owned_field(top: bool, field: &str, k: &str) -> bool {
+    if top && matches!(k, "apiVersion" | "kind" | "status") {
+        return false;
+    }
+    field != "metadata"
+        || matches!(
+            k,
+            "labels" | "annotations" | "finalizers" | "ownerReferences"
+        )
+}
+
 fn fieldset_of(v: &Value, field: &str) -> Value {
     match v {
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, v) in m {
-                if field.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "status") {
-                    continue;
-                }
-                if field == "metadata"
-                    && !matches!(
-                        k.as_str(),
-                        "labels" | "annotations" | "finalizers" | "ownerReferences"
-                    )
-                {
+                if !owned_field(field.is_empty(), field, k) {
                     continue;
                 }
                 out.insert(format!("f:{k}"), fieldset_of(v, k));
@@ -291,15 +297,7 @@ pub fn changed_fieldset(old: &Value, new: &Value) -> Value {
             (Value::Object(o), Value::Object(n)) => {
                 let mut out = Map::new();
                 for (k, nv) in n {
-                    if top && matches!(k.as_str(), "apiVersion" | "kind" | "status") {
-                        continue;
-                    }
-                    if field == "metadata"
-                        && !matches!(
-                            k.as_str(),
-                            "labels" | "annotations" | "finalizers" | "ownerReferences"
-                        )
-                    {
+                    if !owned_field(top, field, k) {
                         continue;
                     }
                     let ov = o.get(k).unwrap_or(&Value::Null);

@@ -54,6 +54,13 @@ impl Cause {
             detail: format!("Duplicate value: {}", show(value)),
         }
     }
+    pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Cause {
+        Cause {
+            kind: "FieldValueForbidden",
+            field: field.into(),
+            detail: format!("Forbidden: {}", detail.into()),
+        }
+    }
     /// The message kubectl shows: `field: Detail`.
     pub fn message(&self) -> String {
         let detail = if self.kind == "FieldValueRequired" {

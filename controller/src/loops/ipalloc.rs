@@ -1,7 +1,10 @@
 //! Service address allocation: cluster IPs from the service CIDR (`--service-cidr`,
 //! default 10.43.0.0/16, the first address reserved for the `kubernetes` service) and
 //! node ports from `--service-node-port-range` (default 30000-32767), done at admission
-//! as Kubernetes' API server does.
+//! as Kubernetes' API server does. The store is the record of what is taken (durable,
+//! so nothing is handed out twice across restarts); addresses of a create still in
+//! flight are held by a [`Reservation`] until the create has landed or failed, and a
+//! deleted service's addresses are free again at once.
 
 use crate::api::Api;
 use crate::api::status::{ApiError, ApiResult, Cause};
@@ -42,8 +45,33 @@ fn ranges() -> &'static Ranges {
     })
 }
 
-/// Addresses handed out by this process (the store may not show them yet).
-static ISSUED: Mutex<Option<(HashSet<u32>, HashSet<i64>)>> = Mutex::new(None);
+/// Addresses of creates in flight: handed out, not yet (or never to be) in the store.
+static IN_FLIGHT: Mutex<(Vec<u32>, Vec<i64>)> = Mutex::new((Vec::new(), Vec::new()));
+
+/// Holds the addresses given to one new Service until its create has finished
+/// (stored, or failed); dropping it releases them from the in-flight set.
+#[must_use = "the addresses are released when the reservation is dropped"]
+#[derive(Default)]
+pub struct Reservation {
+    ips: Vec<u32>,
+    ports: Vec<i64>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut f = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        for ip in &self.ips {
+            if let Some(i) = f.0.iter().position(|x| x == ip) {
+                f.0.swap_remove(i);
+            }
+        }
+        for port in &self.ports {
+            if let Some(i) = f.1.iter().position(|x| x == port) {
+                f.1.swap_remove(i);
+            }
+        }
+    }
+}
 
 fn used(api: &Api) -> ApiResult<(HashSet<u32>, HashSet<i64>)> {
     let page = api.store.list("services", None, None, None)?;
@@ -58,7 +86,7 @@ fn used(api: &Api) -> ApiResult<(HashSet<u32>, HashSet<i64>)> {
             ips.insert(u32::from(ip));
         }
         for p in v["spec"]["ports"].as_array().into_iter().flatten() {
-            if let Some(n) = p["nodePort"].as_i64() {
+            if let Some(n) = p["nodePort"].as_i64().filter(|n| *n != 0) {
                 ports.insert(n);
             }
         }
@@ -66,11 +94,22 @@ fn used(api: &Api) -> ApiResult<(HashSet<u32>, HashSet<i64>)> {
     Ok((ips, ports))
 }
 
-/// Fills spec.clusterIP(s), ipFamilies and node ports of a new Service.
-pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
-    let spec = &mut svc["spec"];
-    if spec["type"] == "ExternalName" {
-        return Ok(());
+fn invalid(svc: &Value, field: &str, value: Value, msg: impl Into<String>) -> ApiError {
+    ApiError::invalid(
+        "Service",
+        "",
+        svc["metadata"]["name"].as_str().unwrap_or(""),
+        vec![Cause::invalid(field, &value, msg)],
+    )
+}
+
+/// Fills spec.clusterIP(s), ipFamilies and node ports of a new Service, checking
+/// requested ones against the ranges and what is taken. Keep the returned
+/// [`Reservation`] until the create has been written (or has failed).
+pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<Reservation> {
+    let mut res = Reservation::default();
+    if svc["spec"]["type"] == "ExternalName" {
+        return Ok(res);
     }
     let Ranges {
         cidr,
@@ -79,53 +118,39 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
         ports: (first_port, last_port),
     } = ranges();
     let (base, size) = (*base, *size);
-    let mut guard = ISSUED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
     let (store_ips, store_ports) = used(api)?;
-    let issued = guard.get_or_insert_with(|| (HashSet::new(), HashSet::new()));
-    let want = spec["clusterIP"].as_str().unwrap_or("").to_owned();
+    let taken_ip = |n: &u32| store_ips.contains(n) || flight.0.contains(n);
+    let want = svc["spec"]["clusterIP"].as_str().unwrap_or("").to_owned();
     let ip = if want == "None" {
         "None".to_owned()
     } else if !want.is_empty() {
         let parsed: Ipv4Addr = want.parse().map_err(|_| {
-            ApiError::invalid(
-                "Service",
-                "",
-                "",
-                vec![Cause::invalid(
-                    "spec.clusterIPs[0]",
-                    &json!(want),
-                    "must be a valid IP address",
-                )],
+            invalid(
+                svc,
+                "spec.clusterIPs[0]",
+                json!(want),
+                "must be a valid IP address",
             )
         })?;
         let n = u32::from(parsed);
         if !(base..base + size).contains(&n) {
-            return Err(ApiError::invalid(
-                "Service",
-                "",
-                svc["metadata"]["name"].as_str().unwrap_or(""),
-                vec![Cause::invalid(
-                    "spec.clusterIPs[0]",
-                    &json!(want),
-                    format!(
-                        "provided IP is not in the valid range. The range of valid IPs is {cidr}"
-                    ),
-                )],
+            return Err(invalid(
+                svc,
+                "spec.clusterIPs[0]",
+                json!(want),
+                format!("provided IP is not in the valid range. The range of valid IPs is {cidr}"),
             ));
         }
-        if store_ips.contains(&n) {
-            return Err(ApiError::invalid(
-                "Service",
-                "",
-                svc["metadata"]["name"].as_str().unwrap_or(""),
-                vec![Cause::invalid(
-                    "spec.clusterIPs",
-                    &json!([want]),
-                    "failed to allocate IP: provided IP is already allocated",
-                )],
+        if taken_ip(&n) {
+            return Err(invalid(
+                svc,
+                "spec.clusterIPs",
+                json!([want]),
+                "failed to allocate IP: provided IP is already allocated",
             ));
         }
-        issued.0.insert(n);
+        res.ips.push(n);
         want
     } else {
         let name = svc["metadata"]["name"].as_str().unwrap_or("");
@@ -137,11 +162,77 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
         };
         let n = (first..size - 1)
             .map(|i| base + i)
-            .find(|n| !store_ips.contains(n) && !issued.0.contains(n))
+            .find(|n| !taken_ip(n))
             .ok_or_else(|| ApiError::internal("the service IP range is full"))?;
-        issued.0.insert(n);
+        res.ips.push(n);
         Ipv4Addr::from(n).to_string()
     };
+    let node_ports = matches!(
+        svc["spec"]["type"].as_str(),
+        Some("NodePort" | "LoadBalancer")
+    );
+    let count = svc["spec"]["ports"].as_array().map_or(0, Vec::len);
+    for i in 0..count {
+        let asked = svc["spec"]["ports"][i]["nodePort"].as_i64().unwrap_or(0);
+        let field = format!("spec.ports[{i}].nodePort");
+        if asked != 0 && !node_ports {
+            let ty = svc["spec"]["type"]
+                .as_str()
+                .unwrap_or("ClusterIP")
+                .to_owned();
+            return Err(ApiError::invalid(
+                "Service",
+                "",
+                svc["metadata"]["name"].as_str().unwrap_or(""),
+                vec![Cause::forbidden(
+                    field,
+                    format!("may not be used when `type` is '{ty}'"),
+                )],
+            ));
+        }
+        if asked != 0 {
+            if !(*first_port..=*last_port).contains(&asked) {
+                return Err(invalid(
+                    svc,
+                    &field,
+                    json!(asked),
+                    format!(
+                        "provided port is not in the valid range. The range of valid ports is {first_port}-{last_port}"
+                    ),
+                ));
+            }
+            if store_ports.contains(&asked)
+                || flight.1.contains(&asked)
+                || res.ports.contains(&asked)
+            {
+                return Err(invalid(
+                    svc,
+                    &field,
+                    json!(asked),
+                    "provided port is already allocated",
+                ));
+            }
+            res.ports.push(asked);
+        }
+    }
+    for i in 0..count {
+        let p = &mut svc["spec"]["ports"][i];
+        if p["nodePort"].as_i64().unwrap_or(0) != 0 {
+            continue;
+        }
+        if let Some(m) = p.as_object_mut() {
+            m.remove("nodePort");
+        }
+        if node_ports {
+            let n = (*first_port..=*last_port)
+                .find(|n| {
+                    !store_ports.contains(n) && !flight.1.contains(n) && !res.ports.contains(n)
+                })
+                .ok_or_else(|| ApiError::internal("the node port range is full"))?;
+            res.ports.push(n);
+            p["nodePort"] = json!(n);
+        }
+    }
     let spec = &mut svc["spec"];
     spec["clusterIP"] = json!(ip);
     spec["clusterIPs"] = json!([ip]);
@@ -149,18 +240,7 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<()> {
         spec["ipFamilies"] = json!(["IPv4"]);
         spec["ipFamilyPolicy"] = json!("SingleStack");
     }
-    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"))
-        && let Some(ports) = spec["ports"].as_array_mut()
-    {
-        for p in ports {
-            if p["nodePort"].is_null() {
-                let n = (*first_port..=*last_port)
-                    .find(|n| !store_ports.contains(n) && !issued.1.contains(n))
-                    .ok_or_else(|| ApiError::internal("the node port range is full"))?;
-                issued.1.insert(n);
-                p["nodePort"] = json!(n);
-            }
-        }
-    }
-    Ok(())
+    flight.0.extend(&res.ips);
+    flight.1.extend(&res.ports);
+    Ok(res)
 }
