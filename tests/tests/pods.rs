@@ -342,7 +342,13 @@ fn pod_runs_reports_exit_codes_logs_and_is_deleted_cleanly() {
     assert!(agent.has_event("Started", "main"));
 
     let all = agent.logs(&failing.uid, "main", -1, false, false);
-    assert!(all.starts_with("line 1\nline 2\n"), "{all}");
+    // stdout and stderr are copied separately: order holds within each stream.
+    let stdout: Vec<&str> = all.lines().filter(|l| *l != "oops").collect();
+    assert_eq!(
+        stdout[..5],
+        ["line 1", "line 2", "line 3", "line 4", "line 5"],
+        "{all}"
+    );
     assert!(all.contains("oops\n"), "stderr: {all}");
     assert!(all.contains("\nfailing\n"), "hostname: {all}");
     assert!(all.contains("nameserver 10.43.0.10\n"), "{all}");
@@ -938,4 +944,43 @@ fn host_paths_are_checked_host_network_is_shared_and_deadlines_fail_pods() {
     assert_eq!(r.phase, PodPhase::Pending);
     assert_eq!(r.containers[0].container_id, "");
     delete_and_check(&mut agent, &node, bad);
+}
+
+#[test]
+fn on_failure_restarts_until_success_then_succeeds() {
+    require_root!();
+    let node = Node::new("pods-onfailure");
+    let mut agent = node.start();
+    let mut c = container(
+        "main",
+        "if test -f /state/failed; then echo second; exit 0; fi; touch /state/failed; echo first; exit 1",
+    );
+    c.volume_mounts = vec![VolumeMount {
+        name: "state".into(),
+        mount_path: "/state".into(),
+        sub_path: String::new(),
+        read_only: false,
+    }];
+    let mut p = pod("retry", RestartPolicy::OnFailure, vec![c]);
+    p.volumes = vec![Volume {
+        name: "state".into(),
+        source: VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: 0,
+        },
+    }];
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 30, "Succeeded", |r| r.phase == PodPhase::Succeeded);
+    assert_eq!(r.containers[0].restart_count, 1);
+    assert_eq!(exit_of(state(&r, 0)), Some((0, "Completed")));
+    assert!(matches!(
+        r.containers[0].last_state,
+        Some(ContainerState::Terminated { exit_code: 1, .. })
+    ));
+    assert_eq!(agent.logs(&p.uid, "main", -1, false, true), "first\n");
+    assert_eq!(agent.logs(&p.uid, "main", -1, false, false), "second\n");
+    // It stays done: no further attempt.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.report(&p.uid).unwrap().containers[0].restart_count, 1);
+    delete_and_check(&mut agent, &node, p);
 }

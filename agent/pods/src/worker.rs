@@ -505,24 +505,11 @@ impl Worker {
         fix(&mut self.rec.containers, &self.rec.spec.containers);
     }
 
+    /// Whether a container that has run will run again: `finish` leaves a Terminated
+    /// state only when the restart policy (or a stopping pod) rules out a restart;
+    /// otherwise the container waits (back-off) for its next attempt.
     fn will_restart(&self, r: &ContainerRecord) -> bool {
-        let ContainerState::Terminated { exit_code, .. } = r
-            .last_state
-            .as_ref()
-            .filter(|_| r.running.is_none())
-            .unwrap_or(&r.state)
-        else {
-            return true;
-        };
-        if matches!(r.state, ContainerState::Waiting { .. }) && r.last_state.is_some() {
-            // Already decided to restart.
-            return true;
-        }
-        match self.rec.spec.restart_policy {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => *exit_code != 0,
-            RestartPolicy::Never => false,
-        }
+        !matches!(r.state, ContainerState::Terminated { .. })
     }
 
     /// Namespaces, /etc files and volumes; on failure the event reason and error.
@@ -1198,12 +1185,11 @@ impl Worker {
         if !initialized {
             return PodPhase::Pending;
         }
-        let stopping = self.rec.spec.deleting || self.rec.removing;
         let done = |r: &ContainerRecord| {
             r.running.is_none()
                 && r.attempts > 0
                 && matches!(r.state, ContainerState::Terminated { .. })
-                && (stopping || !self.will_restart(r))
+                && !self.will_restart(r)
         };
         if !self.rec.containers.is_empty() && self.rec.containers.iter().all(done) {
             if self.rec.containers.iter().all(|r| exit_code(r) == Some(0)) {
