@@ -295,9 +295,24 @@ fn delete_and_check(agent: &mut Agent, node: &Node, mut spec: PodSpec) {
         Vec::<String>::new()
     );
     let left: Vec<_> = std::fs::read_dir(node.runtime_root())
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&uid))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "runtime state left: {left:?}");
+    let snapshots = node.data().join("snapshots");
+    let snaps: Vec<_> = std::fs::read_dir(&snapshots)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&uid))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(snaps.is_empty(), "snapshots left: {snaps:?}");
     agent.pods.remove(&uid);
     let deadline = Instant::now() + Duration::from_secs(10);
     while agent.report(&uid).is_some() || node.data().join("pods").join(&uid).exists() {
