@@ -25,6 +25,12 @@ pub struct RunArgs {
     /// Where the container runtime keeps its state.
     #[arg(long, default_value = flotilla_runtime::container::DEFAULT_ROOT)]
     pub runtime_root: PathBuf,
+    /// Parent cgroup of every pod, relative to each hierarchy's root.
+    #[arg(long, default_value = "/flotilla/pods")]
+    pub cgroup_root: String,
+    /// Registries config for pulls: mirrors, credentials, insecure registries.
+    #[arg(long, default_value = flotilla_images::registries::DEFAULT_PATH)]
+    pub registries: PathBuf,
     /// The node's name (default: the host name, lower-cased).
     #[arg(long, env = "FLOTILLA_NODE_NAME", value_parser = parse_node_name)]
     pub node_name: Option<String>,

@@ -51,11 +51,18 @@ fn run(args: RunArgs) -> Result<()> {
         None => {}
     }
     airgap::import(&data_dir).context("importing the air-gap images folder")?;
-    let (pods, updates) = flotilla_pods::Pods::start(flotilla_pods::Config {
-        data_dir: data_dir.clone(),
-        runtime_root: args.runtime_root,
-        node_name: node_name.clone(),
-    })
+    let (pods, updates) = flotilla_pods::Pods::start_with(
+        flotilla_pods::Config {
+            data_dir: data_dir.clone(),
+            runtime_root: args.runtime_root,
+            node_name: node_name.clone(),
+        },
+        flotilla_pods::Options {
+            cgroup_root: args.cgroup_root,
+            registries: args.registries,
+            ..flotilla_pods::Options::default()
+        },
+    )
     .context("starting the pod manager")?;
     tracing::info!(node = %node_name, pods = pods.reports().len(), "pod manager started from local state");
     let settings = Settings {
