@@ -884,6 +884,17 @@ fn a_node_registers_runs_its_pods_and_reports_them() {
             .contains("Started container web")
     });
 
+    // A pod the scheduler places on n1 reaches it too.
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: placed}\nspec:\n  containers:\n  - {name: c, image: busybox:1.36}\n"),
+    );
+    let placed = agent.expect("the scheduled pod", Duration::from_secs(20), |f| match f {
+        Frame::PodUpsert(p) if p.name == "placed" => Some(p),
+        _ => None,
+    });
+    assert_eq!(placed.containers[0].image, "busybox:1.36");
+
     // A changed ConfigMap reaches the node as a new revision of the pod.
     c.ok(&[
         "patch",
