@@ -635,3 +635,95 @@ fn run_with_terminal_gets_a_pty_from_the_container_devpts() {
     assert_eq!(stdout(&o), "/dev/pts/0\r\n");
     b.assert_gone();
 }
+
+#[test]
+fn hooks_run_in_lifecycle_order_with_the_state_and_a_failing_one_aborts_create() {
+    require_root!();
+    let mut b = Bundle::new("rt-hooks", &["sh", "-c", "echo main >> /hooklog/log"]);
+    let log = b.path().join("hooklog");
+    std::fs::create_dir(&log).unwrap();
+    let host = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c",
+            format!("cat > {d}/{name}.json; echo {name} >> {d}/log", d = log.display())]})
+    };
+    b.config["mounts"].as_array_mut().unwrap().push(json!(
+        {"destination": "/hooklog", "type": "bind", "source": log, "options": ["rbind", "rw"]}
+    ));
+    b.config["hooks"] = json!({
+        "prestart": [host("prestart")],
+        "createRuntime": [host("createRuntime")],
+        "createContainer": [host("createContainer")],
+        // Resolved inside the container, after pivot_root.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+            "cat > /hooklog/startContainer.json; echo startContainer >> /hooklog/log"]}],
+        "poststart": [host("poststart")],
+        "poststop": [host("poststop")],
+    });
+    let o = b.run();
+    assert!(o.status.success(), "run with hooks failed: {}", stderr(&o));
+    let lines: Vec<String> = std::fs::read_to_string(log.join("log"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let hooks: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| *l != "main")
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ]
+    );
+    let main = lines.iter().position(|l| l == "main").expect("program ran");
+    let start = lines.iter().position(|l| l == "startContainer").unwrap();
+    assert!(
+        main > start,
+        "the program ran before startContainer: {lines:?}"
+    );
+    let state = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(log.join(format!("{name}.json"))).unwrap())
+            .unwrap_or_else(|e| panic!("{name} got no state JSON on stdin: {e}"))
+    };
+    let created = state("createRuntime");
+    assert_eq!(created["id"], b.id.as_str());
+    assert_eq!(created["status"], "creating");
+    assert_eq!(created["bundle"], b.path().to_str().unwrap());
+    let pid = created["pid"].as_i64().unwrap();
+    assert!(pid > 1, "createRuntime sees the host pid: {created}");
+    for (name, status) in [
+        ("prestart", "creating"),
+        ("createContainer", "creating"),
+        ("startContainer", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let s = state(name);
+        assert_eq!(s["status"], status, "{name}: {s}");
+        assert_eq!(s["pid"].as_i64(), Some(pid), "{name}: {s}");
+    }
+    b.assert_gone();
+
+    // A failing createRuntime hook fails the create, names the hook, leaves nothing.
+    b.config["hooks"] = json!({"createRuntime": [host("ok"), {"path": "/bin/false"}]});
+    let o = b.run();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("hooks.createRuntime[1] (/bin/false): failed"),
+        "{}",
+        stderr(&o)
+    );
+    let after = std::fs::read_to_string(log.join("log")).unwrap();
+    assert!(
+        after.ends_with("poststop\nok\n"),
+        "the program ran: {after}"
+    );
+    b.assert_gone();
+}

@@ -69,6 +69,8 @@ pub struct ProcessPlan {
 
 /// A validated container configuration, with everything precomputed for the init process.
 pub struct Plan {
+    /// Container id.
+    pub id: String,
     /// The spec as read.
     pub spec: Spec,
     /// Absolute bundle directory.
@@ -133,16 +135,7 @@ impl Plan {
                 ),
             ));
         }
-        if spec.hooks().as_ref().is_some_and(|h| {
-            h.prestart().as_ref().is_some_and(|v| !v.is_empty())
-                || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
-                || h.create_container().as_ref().is_some_and(|v| !v.is_empty())
-                || h.start_container().as_ref().is_some_and(|v| !v.is_empty())
-                || h.poststart().as_ref().is_some_and(|v| !v.is_empty())
-                || h.poststop().as_ref().is_some_and(|v| !v.is_empty())
-        }) {
-            return Err(Error::config("hooks", "hooks are not supported"));
-        }
+        crate::hooks::validate(&spec)?;
         let root = spec
             .root()
             .as_ref()
@@ -277,6 +270,7 @@ impl Plan {
             }
         }
         Ok(Plan {
+            id: id.to_string(),
             readonly_root: root.readonly().unwrap_or(false),
             hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
             domainname: spec.domainname().clone().filter(|h| !h.is_empty()),

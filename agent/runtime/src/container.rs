@@ -5,6 +5,7 @@
 use crate::cgroups::{Cgroup, JoinPlan, Usage};
 use crate::config::{Plan, ProcessPlan};
 use crate::error::{Context, Error, Result};
+use crate::hooks::{self, Point};
 use crate::init::{ExecArgs, InitArgs};
 use crate::namespaces::{KINDS, NamespacePlan};
 use crate::seccomp::Filter;
@@ -320,8 +321,23 @@ impl Runtime {
             cgroup.apply(res)?;
         }
         crate::trace::phase("resources applied");
-        // A child that failed already has its error queued: the loop below reports it.
-        let _ = sync::send(psock.as_raw_fd(), sync::GO, b"", None);
+        // Each GO carries the init's pid. A child that failed already has its error
+        // queued: the loop below reports it.
+        let go = pid.to_string();
+        let go = go.as_bytes();
+        if let JoinPlan::ByParent = cgroup_join {
+            let _ = sync::send(psock.as_raw_fd(), sync::GO, go, None);
+        }
+        let runtime_hooks = crate::init::has_runtime_hooks(&plan);
+        if runtime_hooks {
+            expect(&psock, sync::NAMESPACES)?;
+            let state = hooks::state_json(&plan.spec, id, "creating", pid, &plan.bundle);
+            hooks::run(&plan.spec, Point::Prestart, &state)?;
+            hooks::run(&plan.spec, Point::CreateRuntime, &state)?;
+        }
+        if runtime_hooks || matches!(cgroup_join, JoinPlan::V1(_)) {
+            let _ = sync::send(psock.as_raw_fd(), sync::GO, go, None);
+        }
         let mut ready = false;
         let mut failure: Option<String> = None;
         let mut console = None;
@@ -504,7 +520,18 @@ impl Container {
                 }
             }
         }
+        self.run_hooks_warn(Point::Poststart, "running");
         Ok(())
+    }
+
+    /// Runs the (warn-only) hooks at `point` with the container's state.
+    fn run_hooks_warn(&self, point: Point, status: &str) {
+        let c = &self.state.config;
+        if !hooks::of(c, point).is_empty() {
+            let s = &self.state;
+            let state = hooks::state_json(c, &s.id, status, s.pid, &s.bundle);
+            hooks::run_warn(c, point, &state);
+        }
     }
 
     /// Sends `signal` to the init process, or to every process of the container.
@@ -583,7 +610,9 @@ impl Container {
         }
         self.cgroup()?.remove()?;
         let dir = Persisted::dir(&self.root, &self.state.id);
-        std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))
+        std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+        self.run_hooks_warn(Point::Poststop, "stopped");
+        Ok(())
     }
 
     /// Starts `process` inside the running container: same namespaces, cgroup and

@@ -9,6 +9,7 @@
 use crate::cgroups::{CgroupMountSource, JoinPlan};
 use crate::config::{Plan, ProcessPlan};
 use crate::error::{Context, Error, Result};
+use crate::hooks::{self, Point};
 use crate::seccomp::Filter;
 use crate::sync;
 use nix::sched::CloneFlags;
@@ -81,16 +82,29 @@ fn clone_parent() -> std::io::Result<i32> {
     }
 }
 
-/// Waits for the parent's message `tag`; if the parent went away or failed instead,
-/// leaves quietly (it reports the failure itself).
-fn wait_for(sock: RawFd, tag: u8) {
+/// Waits for the parent's message `tag` and returns its payload; if the parent went
+/// away or failed instead, leaves quietly (it reports the failure itself).
+fn wait_for(sock: RawFd, tag: u8) -> Vec<u8> {
     // SAFETY: borrowing a descriptor we own for the duration of the call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) };
     match sync::recv(&fd.as_raw_fd()) {
-        Ok(Some(m)) if m.tag == tag => {}
+        Ok(Some(m)) if m.tag == tag => m.payload,
         // SAFETY: terminating the child without running the parent's atexit handlers.
         _ => unsafe { libc::_exit(1) },
     }
+}
+
+/// Whether the caller runs hooks once the namespaces exist (prestart, createRuntime).
+pub fn has_runtime_hooks(plan: &Plan) -> bool {
+    [Point::Prestart, Point::CreateRuntime]
+        .iter()
+        .any(|p| !hooks::of(&plan.spec, *p).is_empty())
+}
+
+/// The state document for this container's hooks, with its pid as the caller sees it.
+fn hook_state(p: &Plan, status: &str, pid: i32) -> Vec<u8> {
+    let id = p.id.as_str();
+    hooks::state_json(&p.spec, id, status, pid, &p.bundle)
 }
 
 /// Joins the opened namespaces in order, except the kinds in `skip`.
@@ -108,7 +122,9 @@ fn join_all(join: &[(CloneFlags, OwnedFd)], skip: CloneFlags) -> Result<()> {
 /// has moved it), joins and creates the other namespaces, waits until the caller has
 /// applied the resources, then becomes the container's init. Never returns.
 pub fn container_child(a: &InitArgs) -> ! {
-    let r = (|| -> Result<()> {
+    let r = (|| -> Result<i32> {
+        // Every GO carries the init's pid as the caller sees it (for hook states).
+        let mut go = Vec::new();
         match a.cgroup {
             JoinPlan::V1(dirs) => {
                 crate::cgroups::join_self(dirs, true)
@@ -116,16 +132,22 @@ pub fn container_child(a: &InitArgs) -> ! {
                 sync::send(a.sock, sync::JOINED, b"", None)
                     .ctx(|| "reporting the cgroup joined".into())?;
             }
-            JoinPlan::ByParent => wait_for(a.sock, sync::GO),
+            JoinPlan::ByParent => go = wait_for(a.sock, sync::GO),
         }
         join_all(a.join, CloneFlags::CLONE_NEWPID)?;
         let create =
             a.plan.namespaces.create - CloneFlags::CLONE_NEWPID - CloneFlags::CLONE_NEWCGROUP;
         nix::sched::unshare(create).ctx(|| format!("creating namespaces {create:?}"))?;
-        if matches!(a.cgroup, JoinPlan::V1(_)) {
-            // The parent applies linux.resources meanwhile. Wait for it: device rules
-            // are rewritten from "deny all", and our mknods must not fall in between.
-            wait_for(a.sock, sync::GO);
+        let runtime_hooks = has_runtime_hooks(a.plan);
+        if runtime_hooks {
+            sync::send(a.sock, sync::NAMESPACES, b"", None)
+                .ctx(|| "reporting the namespaces created".into())?;
+        }
+        if runtime_hooks || matches!(a.cgroup, JoinPlan::V1(_)) {
+            // The parent applies linux.resources (and runs its hooks) meanwhile. Wait for
+            // it: device rules are rewritten from "deny all", and our mknods must not
+            // fall in between.
+            go = wait_for(a.sock, sync::GO);
         }
         if a.plan
             .namespaces
@@ -135,17 +157,20 @@ pub fn container_child(a: &InitArgs) -> ! {
             nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
                 .ctx(|| "creating the cgroup namespace".into())?;
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&go).parse().unwrap_or(0))
     })();
-    if let Err(e) = r {
-        fail(a.sock, &e);
+    match r {
+        Ok(pid) => {
+            let e = init(a, pid);
+            fail(a.sock, &e)
+        }
+        Err(e) => fail(a.sock, &e),
     }
-    let e = init(a);
-    fail(a.sock, &e)
 }
 
-/// The container's init: returns only the error that stopped it.
-fn init(a: &InitArgs) -> Error {
+/// The container's init (`pid` as the caller sees it): returns only the error that
+/// stopped it.
+fn init(a: &InitArgs, pid: i32) -> Error {
     let p = a.plan;
     let pre = (|| -> Result<std::path::PathBuf> {
         for (i, fd) in a.stdio.iter().enumerate() {
@@ -167,6 +192,11 @@ fn init(a: &InitArgs) -> Error {
         }
         crate::process::apply_rlimits(&p.process)?;
         crate::rootfs::prepare(p, a.cgroup_mount)?;
+        hooks::run(
+            &p.spec,
+            Point::CreateContainer,
+            &hook_state(p, "creating", pid),
+        )?;
         crate::rootfs::pivot(&p.rootfs)?;
         crate::rootfs::finish(p)?;
         if let Some(h) = &p.hostname {
@@ -216,7 +246,14 @@ fn init(a: &InitArgs) -> Error {
         }
         // Without a FIFO, only the caller holding the container can start it (or it
         // dropped the container, and we leave).
-        None => wait_for(a.sock, sync::START),
+        None => drop(wait_for(a.sock, sync::START)),
+    }
+    if let Err(e) = hooks::run(
+        &p.spec,
+        Point::StartContainer,
+        &hook_state(p, "created", pid),
+    ) {
+        return e;
     }
     crate::process::finalize_and_exec(&p.process, &exe, p.seccomp.as_ref(), a.last_cap)
 }

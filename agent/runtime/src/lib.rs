@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod hooks;
 mod init;
 pub mod mounts;
 pub mod namespaces;

@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub const GO: u8 = b'G';
 /// Init → parent: it created and joined its (v1) cgroup itself.
 pub const JOINED: u8 = b'J';
+/// Init → parent: its namespaces exist (the caller runs createRuntime hooks now).
+pub const NAMESPACES: u8 = b'N';
 /// Intermediate → parent: pid of the process it cloned (payload: decimal pid).
 pub const PID: u8 = b'P';
 /// Init → parent: set-up done, waiting for start.
