@@ -999,3 +999,34 @@ fn on_failure_restarts_until_success_then_succeeds() {
     assert_eq!(agent.report(&p.uid).unwrap().containers[0].restart_count, 1);
     delete_and_check(&mut agent, &node, p);
 }
+
+#[test]
+fn an_agent_that_lost_its_state_removes_what_no_pod_owns() {
+    require_root!();
+    let node = Node::new("pods-orphans");
+    let mut agent = node.start();
+    let p = pod(
+        "orphan",
+        RestartPolicy::Always,
+        vec![container("main", "exec sleep 1000")],
+    );
+    agent.pods.upsert(p.clone());
+    agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    drop(agent);
+    std::fs::remove_file(node.data().join("state.redb")).unwrap();
+    let agent = node.start();
+    assert!(agent.pods.reports().is_empty());
+    let left: Vec<_> = std::fs::read_dir(node.runtime_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+    assert_eq!(mounts_under(node.dir.path()), Vec::<String>::new());
+    assert!(!node.data().join("pods").join(&p.uid).exists());
+    let pod_cg = format!("{}/pod-{}", node.cgroup_root(), p.uid);
+    assert!(
+        !cgroup_dir_exists(&pod_cg),
+        "pod cgroup {pod_cg} left behind"
+    );
+}

@@ -8,7 +8,8 @@
 //! (`shim`) that writes CRI logs (`cri`) and the exit status, restarts with
 //! back-off, probes (`probes`), and graceful termination. Reports and events flow out
 //! on a channel as [`Update`]s; [`Pods::logs`] and [`Pods::exec`] serve `kubectl logs`
-//! and `kubectl exec`.
+//! and `kubectl exec`. At start, containers under the pods directory that no record
+//! owns are removed (`gc`).
 //!
 //! Pod networking (pod IPs, bridges) is not done here yet: a pod gets a network
 //! namespace with only loopback, and its report carries an empty `pod_ip` unless it
@@ -16,6 +17,7 @@
 
 pub mod cri;
 mod exec;
+mod gc;
 pub mod ocispec;
 mod probes;
 pub mod sandbox;
@@ -101,6 +103,11 @@ impl Pods {
             .with_context(|| format!("opening the image store in {}", config.data_dir.display()))?;
         let (tx, rx) = async_channel::unbounded();
         let runtime = flotilla_runtime::Runtime::new(&config.runtime_root);
+        let pods_dir = std::path::absolute(config.data_dir.join("pods"))?;
+        let removed = gc::orphans(&records, &runtime, &images, &pods_dir, &options.cgroup_root);
+        if !removed.is_empty() {
+            tracing::info!("removed containers no pod owns: {removed:?}");
+        }
         let inner = Arc::new(worker::Inner {
             config,
             options,
