@@ -58,7 +58,9 @@ pub enum Frame {
     Ping(u64),
     /// Answer to [`Frame::Ping`].
     Pong(u64),
-    /// Bytes of a multiplexed stream (logs, exec), by stream id and channel.
+    /// Bytes of a multiplexed stream (logs, exec), by stream id and channel. Empty
+    /// `data` on [`CHANNEL_STDIN`] (controller → agent) closes the process's stdin
+    /// (kubectl's v5 close of stdin); it uses no credit.
     StreamData {
         stream: u32,
         channel: u8,
