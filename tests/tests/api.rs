@@ -685,3 +685,522 @@ fn owner_references_are_garbage_collected() {
         || !exists("owner3") && !exists("child3"),
     );
 }
+
+/// kubectl's typed generators send protobuf bodies; each object reads back as
+/// Kubernetes would store it, and `kubectl create -f` (JSON) works as before.
+#[test]
+fn kubectl_create_generators_send_protobuf_bodies() {
+    let c = Controller::start();
+    c.ok(&["create", "namespace", "pb"]);
+    let ns = c.json(&["get", "namespace", "pb"]);
+    assert_eq!(ns["status"]["phase"], "Active", "{ns}");
+    assert_eq!(ns["spec"]["finalizers"], serde_json::json!(["kubernetes"]));
+
+    c.ok(&[
+        "create",
+        "configmap",
+        "conf",
+        "-n",
+        "pb",
+        "--from-literal=greeting=hello",
+        "--from-literal=empty=",
+    ]);
+    let cm = c.json(&["get", "configmap", "conf", "-n", "pb"]);
+    assert_eq!(cm["data"]["greeting"], "hello", "{cm}");
+    assert_eq!(cm["data"]["empty"], "", "{cm}");
+    assert!(
+        cm["metadata"]["creationTimestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert!(cm["metadata"].get("generation").is_none(), "{cm}");
+
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "-n",
+        "pb",
+        "--from-literal=password=s3cr3t",
+    ]);
+    let s = c.json(&["get", "secret", "creds", "-n", "pb"]);
+    assert_eq!(
+        s["data"]["password"], "czNjcjN0",
+        "bytes arrive base64 encoded: {s}"
+    );
+    assert_eq!(s["type"], "Opaque");
+
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "pb",
+        "--image=busybox:1.36",
+        "--replicas=0",
+        "--port=8080",
+    ]);
+    let d = c.json(&["get", "deployment", "web", "-n", "pb"]);
+    assert_eq!(d["spec"]["replicas"], 0, "an explicit zero survives: {d}");
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate", "{d}");
+    let ctr = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(ctr["image"], "busybox:1.36");
+    assert_eq!(ctr["ports"][0]["containerPort"], 8080);
+    assert_eq!(ctr["imagePullPolicy"], "IfNotPresent");
+    assert!(
+        ctr.get("stdin").is_none() && ctr.get("tty").is_none(),
+        "{ctr}"
+    );
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+
+    c.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "api",
+        "-n",
+        "pb",
+        "--tcp=80:8080",
+    ]);
+    let svc = c.json(&["get", "service", "api", "-n", "pb"]);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080, "{svc}");
+    assert!(svc["spec"]["ports"][0].get("nodePort").is_none(), "{svc}");
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.43."))
+    );
+    c.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "edge",
+        "-n",
+        "pb",
+        "--tcp=443",
+    ]);
+    let np = c.json(&["get", "service", "edge", "-n", "pb"]);
+    let port = np["spec"]["ports"][0]["nodePort"].as_i64().unwrap_or(0);
+    assert!((30000..=32767).contains(&port), "{np}");
+    assert_eq!(np["spec"]["ports"][0]["targetPort"], 443, "{np}");
+
+    c.ok(&["create", "serviceaccount", "robot", "-n", "pb"]);
+    assert_eq!(
+        c.json(&["get", "serviceaccount", "robot", "-n", "pb"])["metadata"]["name"],
+        "robot"
+    );
+
+    c.ok(&[
+        "create",
+        "job",
+        "once",
+        "-n",
+        "pb",
+        "--image=busybox:1.36",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    let j = c.json(&["get", "job", "once", "-n", "pb"]);
+    let jc = &j["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(jc["command"], serde_json::json!(["echo", "hi"]), "{j}");
+    assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    assert_eq!(j["spec"]["backoffLimit"], 6);
+
+    // JSON bodies still work.
+    c.ok_in(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: from-json, namespace: pb}\ndata: {k: v}\n"),
+    );
+    assert_eq!(
+        c.json(&["get", "configmap", "from-json", "-n", "pb"])["data"]["k"],
+        "v"
+    );
+}
+
+/// A client that accepts only protobuf gets 406 with a Status naming the types this
+/// server writes; one that also takes JSON gets JSON.
+#[test]
+fn protobuf_only_clients_get_not_acceptable() {
+    let c = Controller::start();
+    let script = c.dir.path().join("accept.py");
+    std::fs::write(&script, ACCEPT_CLIENT).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(c.kubeconfig())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("protobuf-only: 406"), "{stdout}");
+    assert!(stdout.contains("NotAcceptable"), "{stdout}");
+    assert!(stdout.contains("both: 200 application/json {"), "{stdout}");
+}
+
+const ACCEPT_CLIENT: &str = r#"
+import sys
+from kubernetes import client, config
+config.load_kube_config(config_file=sys.argv[1])
+api = client.ApiClient()
+cfg = api.configuration
+auth = cfg.get_api_key_with_prefix("BearerToken") or cfg.api_key.get("authorization")
+def get(accept):
+    r = api.call_api("GET", cfg.host + "/api/v1/namespaces/default/configmaps",
+                     header_params={"Accept": accept, "Authorization": auth})
+    body = r.read()
+    return "%d %s %s" % (r.status, r.getheader("content-type"), body.decode()[:300])
+print("protobuf-only: " + get("application/vnd.kubernetes.protobuf"), flush=True)
+print("both: " + get("application/vnd.kubernetes.protobuf, application/json"), flush=True)
+"#;
+
+/// Pod specs change only where Kubernetes allows; other immutable fields too.
+#[test]
+fn updates_respect_immutable_fields() {
+    let c = Controller::start();
+    c.ok(&["run", "app", "--image=busybox:1.36", "--", "sleep", "3600"]);
+    c.ok(&["set", "image", "pod/app", "app=busybox:1.37"]);
+    assert_eq!(
+        c.json(&["get", "pod", "app"])["spec"]["containers"][0]["image"],
+        "busybox:1.37"
+    );
+    let kc = c.kubeconfig();
+    let err = c.fails_as(
+        &kc,
+        &[
+            "patch",
+            "pod",
+            "app",
+            "-p",
+            r#"{"spec":{"containers":[{"name":"app","workingDir":"/tmp"}]}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("The Pod \"app\" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.containers[0].workingDir"),
+        "the diff names the field: {err}"
+    );
+    // activeDeadlineSeconds may be set and lowered, not raised.
+    c.ok(&[
+        "patch",
+        "pod",
+        "app",
+        "-p",
+        r#"{"spec":{"activeDeadlineSeconds":600}}"#,
+    ]);
+    c.ok(&[
+        "patch",
+        "pod",
+        "app",
+        "-p",
+        r#"{"spec":{"activeDeadlineSeconds":300}}"#,
+    ]);
+    let err = c.fails_as(
+        &kc,
+        &[
+            "patch",
+            "pod",
+            "app",
+            "-p",
+            r#"{"spec":{"activeDeadlineSeconds":900}}"#,
+        ],
+        None,
+    );
+    assert!(err.contains("spec.activeDeadlineSeconds: Invalid value: 900: must be less than or equal to previous value"), "{err}");
+    // Tolerations may be added, not removed.
+    c.ok(&[
+        "patch",
+        "pod",
+        "app",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/tolerations","value":[{"key":"a","operator":"Exists"}]}]"#,
+    ]);
+    c.ok(&[
+        "patch",
+        "pod",
+        "app",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/tolerations/-","value":{"key":"b","operator":"Exists"}}]"#,
+    ]);
+    let err = c.fails_as(
+        &kc,
+        &[
+            "patch",
+            "pod",
+            "app",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/tolerations/0"}]"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("spec: Forbidden: pod updates may not change fields"),
+        "{err}"
+    );
+    let pod = c.json(&["get", "pod", "app"]);
+    assert_eq!(pod["spec"]["activeDeadlineSeconds"], 300);
+    assert_eq!(pod["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+    // Labels (metadata) stay free.
+    c.ok(&["label", "pod", "app", "tier=web"]);
+
+    // ConfigMaps and Secrets marked immutable keep their data.
+    c.ok(&["create", "configmap", "frozen", "--from-literal=a=1"]);
+    c.ok(&[
+        "patch",
+        "configmap",
+        "frozen",
+        "-p",
+        r#"{"immutable":true}"#,
+    ]);
+    let err = c.fails_as(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "frozen",
+            "-p",
+            r#"{"data":{"a":"2"}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("data: Forbidden: field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    let err = c.fails_as(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "frozen",
+            "-p",
+            r#"{"immutable":false}"#,
+        ],
+        None,
+    );
+    assert!(err.contains("immutable: Forbidden"), "{err}");
+    c.ok(&["label", "configmap", "frozen", "still=labelable"]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sealed",
+        "--from-literal=k=v",
+    ]);
+    c.ok(&["patch", "secret", "sealed", "-p", r#"{"immutable":true}"#]);
+    let err = c.fails_as(
+        &kc,
+        &[
+            "patch",
+            "secret",
+            "sealed",
+            "-p",
+            r#"{"data":{"k":"dw=="}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("data: Forbidden: field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    let err = c.fails_as(
+        &kc,
+        &[
+            "patch",
+            "secret",
+            "sealed",
+            "-p",
+            r#"{"type":"kubernetes.io/tls"}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("type: Invalid value: \"kubernetes.io/tls\": field is immutable"),
+        "{err}"
+    );
+
+    // A Job's template is fixed once created.
+    c.ok(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox:1.36",
+        "--",
+        "true",
+    ]);
+    let err = c.fails_as(
+        &kc,
+        &["patch", "job", "once", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"busybox:1.37"}]"#],
+        None,
+    );
+    assert!(err.contains("spec.template: Invalid value"), "{err}");
+    assert!(err.contains("field is immutable"), "{err}");
+}
+
+/// `kubectl get -w -l`: objects entering the selector arrive as ADDED, leaving it
+/// as DELETED, changes outside it not at all.
+#[test]
+fn selector_watches_see_objects_enter_and_leave() {
+    let c = Controller::start();
+    c.ok(&["create", "configmap", "a", "--from-literal=k=1"]);
+    c.ok(&["label", "configmap", "a", "app=web"]);
+    c.ok(&["create", "configmap", "outside", "--from-literal=k=1"]);
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args([
+            "get",
+            "configmaps",
+            "-l",
+            "app=web",
+            "-w",
+            "--output-watch-events",
+        ])
+        .args([
+            "-o",
+            r#"jsonpath={.type} {.object.metadata.name} {.object.data.k}{"\n"}"#,
+        ]);
+    let mut w = Process::spawn(cmd).named("kubectl-watch");
+    let wait = |w: &mut Process, n: usize, what: &str| {
+        w.wait_until(what, Duration::from_secs(15), |p| {
+            p.stdout().lines().count() >= n
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.output()));
+    };
+    wait(&mut w, 1, "the initial list");
+    c.ok(&["label", "configmap", "a", "app=db", "--overwrite"]);
+    wait(&mut w, 2, "a leaving the selector");
+    c.ok(&["patch", "configmap", "a", "-p", r#"{"data":{"k":"2"}}"#]);
+    c.ok(&[
+        "patch",
+        "configmap",
+        "outside",
+        "-p",
+        r#"{"data":{"k":"2"}}"#,
+    ]);
+    c.ok(&["label", "configmap", "outside", "app=web"]);
+    wait(&mut w, 3, "outside entering the selector");
+    c.ok(&[
+        "patch",
+        "configmap",
+        "outside",
+        "-p",
+        r#"{"data":{"k":"3"}}"#,
+    ]);
+    wait(&mut w, 4, "a change inside the selector");
+    c.ok(&["delete", "configmap", "outside"]);
+    c.ok(&["delete", "configmap", "a"]);
+    wait(&mut w, 5, "the deletion");
+    std::thread::sleep(Duration::from_millis(500));
+    w.stop();
+    let lines: Vec<Vec<String>> = w
+        .stdout()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    let expected: Vec<Vec<&str>> = vec![
+        vec!["ADDED", "a", "1"],
+        vec!["DELETED", "a", "1"],
+        vec!["ADDED", "outside", "2"],
+        vec!["MODIFIED", "outside", "3"],
+        vec!["DELETED", "outside", "3"],
+    ];
+    assert_eq!(lines, expected, "{}", w.output());
+}
+
+/// ClusterIPs and NodePorts return to the pool when their Service goes, without a
+/// restart, and are never handed out twice, also across a restart.
+#[test]
+fn service_addresses_are_freed_on_delete_and_never_doubled() {
+    let mut c = Controller::start();
+    let create = |c: &Controller, name: &str, extra: &[&str]| -> Value {
+        let mut args = vec!["create", "service", "nodeport", name, "--tcp=80"];
+        args.extend_from_slice(extra);
+        c.ok(&args);
+        c.json(&["get", "service", name])
+    };
+    let addr = |s: &Value| {
+        (
+            s["spec"]["clusterIP"].as_str().unwrap().to_owned(),
+            s["spec"]["ports"][0]["nodePort"].as_i64().unwrap(),
+        )
+    };
+    let first = addr(&create(&c, "first", &["--node-port=30123"]));
+    let kc = c.kubeconfig();
+    let err = c.fails_as(
+        &kc,
+        &[
+            "create",
+            "service",
+            "nodeport",
+            "clash",
+            "--tcp=80",
+            "--node-port=30123",
+        ],
+        None,
+    );
+    assert!(
+        err.contains(
+            "spec.ports[0].nodePort: Invalid value: 30123: provided port is already allocated"
+        ),
+        "{err}"
+    );
+    let manifest = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+        )
+    };
+    let err = c.fails_as(
+        &kc,
+        &["create", "-f", "-"],
+        Some(&manifest("ipclash", &first.0)),
+    );
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    c.ok(&["delete", "service", "first"]);
+    // Both are free again at once.
+    let again = addr(&create(&c, "again", &["--node-port=30123"]));
+    assert_eq!(again.1, 30123);
+    c.ok(&["delete", "service", "again"]);
+    c.ok_in(&["create", "-f", "-"], Some(&manifest("same-ip", &first.0)));
+    assert_eq!(
+        c.json(&["get", "service", "same-ip"])["spec"]["clusterIP"],
+        first.0.as_str()
+    );
+
+    let mut seen = vec![first.0.clone()];
+    let mut ports = vec![];
+    for i in 0..3 {
+        let (ip, port) = addr(&create(&c, &format!("svc{i}"), &[]));
+        assert!(!seen.contains(&ip), "{ip} handed out twice");
+        assert!(!ports.contains(&port), "{port} handed out twice");
+        seen.push(ip);
+        ports.push(port);
+    }
+    c.proc.kill();
+    c.proc = spawn_controller(c.dir.path(), c.port, &[]);
+    c.wait_ready();
+    for i in 3..6 {
+        let (ip, port) = addr(&create(&c, &format!("svc{i}"), &[]));
+        assert!(
+            !seen.contains(&ip),
+            "{ip} handed out twice across a restart"
+        );
+        assert!(
+            !ports.contains(&port),
+            "{port} handed out twice across a restart"
+        );
+        seen.push(ip);
+        ports.push(port);
+    }
+}
