@@ -541,6 +541,7 @@ fn volumes_are_shared_and_exec_returns_exit_codes() {
         mount("mem", "/mem", false),
     ];
     let mut p = pod("vols", RestartPolicy::Always, vec![writer, reader]);
+    p.security.fs_group = Some(2000);
     let files = |data: &str| VolumeSource::Files {
         files: vec![VolumeFile {
             path: "app.conf".into(),
@@ -591,6 +592,37 @@ fn volumes_are_shared_and_exec_returns_exit_codes() {
         &["stat", "-L", "-c", "%a", "/etc/conf/app.conf"],
     );
     assert_eq!((code, out.trim()), (0, "600"));
+    // fsGroup: the files belong to the pod's group, which its processes carry.
+    let (code, out) = agent.exec(
+        &p.uid,
+        "reader",
+        &["sh", "-c", "stat -L -c %g /etc/conf/app.conf; id -G"],
+    );
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("2000"), "{out}");
+    assert!(
+        lines.next().unwrap().split(' ').any(|g| g == "2000"),
+        "{out}"
+    );
+    // stdin reaches the process; closing it ends `cat`.
+    let mut s = agent
+        .pods
+        .exec(&StreamRequest::Exec {
+            pod_uid: p.uid.clone(),
+            container: "reader".into(),
+            command: vec!["cat".into()],
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .unwrap();
+    s.stdin.take().unwrap().write_all(b"through stdin").unwrap();
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(out, "through stdin");
+    assert_eq!(s.wait().unwrap(), 0);
     assert_eq!(agent.exec(&p.uid, "reader", &["sh", "-c", "exit 7"]).0, 7);
     let (code, _) = agent.exec(&p.uid, "reader", &["sh", "-c", "echo x > /etc/conf/new"]);
     assert_ne!(code, 0, "a readOnly mount was writable");

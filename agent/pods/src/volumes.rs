@@ -35,6 +35,11 @@ pub fn ensure(spec: &PodSpec, pod_dir: &Path) -> Result<Vec<(String, PathBuf)>> 
     for v in &spec.volumes {
         let path = ensure_one(v, pod_dir, spec.revision)
             .with_context(|| format!("volume {:?}", v.name))?;
+        if let Some(gid) = spec.security.fs_group.and_then(|g| u32::try_from(g).ok())
+            && !matches!(v.source, VolumeSource::HostPath { .. })
+        {
+            apply_fs_group(&path, gid).with_context(|| format!("volume {:?}: fsGroup", v.name))?;
+        }
         out.push((v.name.clone(), path));
     }
     Ok(out)
@@ -83,6 +88,28 @@ fn ensure_one(v: &Volume, pod_dir: &Path, revision: u64) -> Result<PathBuf> {
             Ok(dir)
         }
     }
+}
+
+/// Gives the volume's files to group `gid` (as the kubelet does for `fsGroup`):
+/// directories get the setgid bit so new files inherit the group.
+fn apply_fs_group(root: &Path, gid: u32) -> Result<()> {
+    let gid = Some(nix::unistd::Gid::from_raw(gid));
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        nix::unistd::chown(&p, None, gid).with_context(|| format!("chown {}", p.display()))?;
+        if meta.is_dir() {
+            let mode = meta.permissions().mode() | 0o2000;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_host_path(p: &Path, kind: &str) -> Result<()> {
