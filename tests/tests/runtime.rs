@@ -727,3 +727,63 @@ fn hooks_run_in_lifecycle_order_with_the_state_and_a_failing_one_aborts_create()
     );
     b.assert_gone();
 }
+
+/// Runs the runtime CLI as on a pure cgroup v2 host: inside a private mount namespace
+/// where /sys/fs/cgroup is the unified hierarchy (the host's mounts are untouched).
+fn out_as_pure_v2(b: &Bundle, args: &[&str]) -> Output {
+    b.write();
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@""#)
+        .arg("sh")
+        .arg(bin("flotilla-agent"))
+        .arg("runtime")
+        .arg("--root")
+        .arg(b.root())
+        .args(args);
+    let o = c.stdin(Stdio::null()).output().unwrap();
+    eprintln!(
+        "$ (pure v2) runtime {args:?} -> {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+#[test]
+fn pure_v2_host_joins_the_unified_cgroup_and_rejects_unenforceable_device_denies() {
+    require_root!();
+    let mut b = Bundle::new("rt-v2", &["cat", "/proc/self/cgroup"]);
+    // No cgroup namespace, so that /proc/self/cgroup shows the full path.
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "cgroup");
+    let (bundle, id) = (b.path().to_str().unwrap().to_string(), b.id.clone());
+    let o = out_as_pure_v2(&b, &["run", "--bundle", &bundle, &id]);
+    assert!(o.status.success(), "run on pure v2 failed: {}", stderr(&o));
+    let want = format!("0::{}/{}", b.cg.path(), b.id);
+    assert!(
+        stdout(&o).lines().any(|l| l == want),
+        "the container is not in {want}: {}",
+        stdout(&o)
+    );
+    let unified = b.cg.unified().expect("a unified hierarchy").join(&b.id);
+    assert!(!unified.exists(), "{} left behind", unified.display());
+
+    // Denying one device cannot be enforced without an eBPF filter: a clear error.
+    b.config["linux"]["resources"]["devices"] = json!([
+        {"allow": true, "access": "rwm"},
+        {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+    ]);
+    let o = out_as_pure_v2(&b, &["run", "--bundle", &bundle, &id]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("linux.resources.devices[1]") && stderr(&o).contains("cgroup v2"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!unified.exists(), "{} left behind", unified.display());
+    b.assert_gone();
+}

@@ -6,12 +6,19 @@
 //! waits for an RCU grace period (several milliseconds) each time a runtime writes another
 //! process's pid into `cgroup.procs`. The libcgroups manager (which parses the mount table
 //! once per controller) is built only when first needed, after the fork.
+//!
+//! Device rules (`linux.resources.devices`) are enforced on v1 and hybrid hosts (the
+//! devices controller). On pure v2 hosts they would need an eBPF program, which
+//! libcgroups only builds with libbpf (a C library this runtime does without): there the
+//! usual "deny all, allow these" list is accepted (the container only gets the device
+//! nodes the runtime creates), and a rule denying specific devices is rejected, since it
+//! could not be enforced.
 
 use crate::error::{Error, Result};
 use libcgroups::common::{
     AnyCgroupManager, CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt,
 };
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 use std::path::{Path, PathBuf};
 
 /// Resource usage of a container, for the agent to report.
@@ -203,6 +210,9 @@ impl Cgroup {
 
     /// Applies resource limits.
     pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
+        if self.unified {
+            check_v2_devices(resources.devices().as_deref().unwrap_or(&[]))?;
+        }
         let opt = ControllerOpt {
             resources,
             disable_oom_killer: resources
@@ -310,6 +320,24 @@ impl Cgroup {
     }
 }
 
+/// On pure v2 (no device filter): accepts allow rules and catch-all denies, rejects a
+/// deny of specific devices, naming the rule.
+pub fn check_v2_devices(rules: &[LinuxDeviceCgroup]) -> Result<()> {
+    for (i, r) in rules.iter().enumerate() {
+        let catch_all = matches!(r.typ(), None | Some(LinuxDeviceType::A))
+            && r.major().is_none_or(|m| m < 0)
+            && r.minor().is_none_or(|m| m < 0);
+        if !r.allow() && !catch_all {
+            return Err(Error::config(
+                format!("linux.resources.devices[{i}]"),
+                "denying specific devices is not supported on a pure cgroup v2 host \
+                 (no eBPF device filter without libbpf); deny all and allow what is needed",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Moves the calling thread into the container's v1 directories by writing `0` into
 /// each `tasks`; with `create`, first creates them (cpuset seeded from its parents, as the
 /// kernel refuses tasks in an empty cpuset). Runs in a freshly forked, single-threaded
@@ -347,4 +375,47 @@ fn seed_cpuset(mount: &Path, dir: &Path, file: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(json: &str) -> Vec<LinuxDeviceCgroup> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn v2_accepts_deny_all_with_allows_and_rejects_specific_denies() {
+        let ok = rules(
+            r#"[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
+                {"allow":false,"type":"a","major":-1,"minor":-1,"access":"m"}]"#,
+        );
+        check_v2_devices(&ok).unwrap();
+        let bad = rules(
+            r#"[{"allow":true,"access":"rwm"},{"allow":false,"type":"c","major":1,"minor":3,"access":"rwm"}]"#,
+        );
+        let e = check_v2_devices(&bad).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.devices[1]"), "{e}");
+        let bad = rules(r#"[{"allow":false,"type":"b","access":"rwm"}]"#);
+        assert!(
+            check_v2_devices(&bad).is_err(),
+            "all block devices is specific"
+        );
+    }
+
+    #[test]
+    fn cpuset_is_seeded_from_the_nearest_parent() {
+        let m = tempfile::tempdir().unwrap();
+        let leaf = m.path().join("a/b");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(m.path().join("cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(m.path().join("a/cpuset.cpus"), "1\n").unwrap();
+        std::fs::write(leaf.join("cpuset.cpus"), "\n").unwrap();
+        seed_cpuset(m.path(), &leaf, "cpuset.cpus").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cpuset.cpus")).unwrap(),
+            "1"
+        );
+    }
 }
