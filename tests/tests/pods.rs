@@ -500,14 +500,38 @@ fn liveness_failure_restarts_and_readiness_flips_ready() {
         "-c".into(),
         "sleep 2; nc -l -p 8080 -e cat & pid=$!; sleep 4; kill $pid; exec sleep 1000".into(),
     ];
-    let p = pod("probed", RestartPolicy::Always, vec![live, ready]);
-    agent.pods.upsert(p.clone());
-    let r = agent.wait(&p.uid, 30, "both running", |r| {
-        r.containers.iter().all(|c| c.started)
+    // A web server gated by a startup probe, ready through an HTTP probe.
+    let mut web = container(
+        "web",
+        "mkdir -p /www; echo ok > /www/index.html; sleep 2; touch /tmp/started; exec httpd -f -p 8081 -h /www",
+    );
+    web.startup_probe = Some(exec_probe("test -f /tmp/started", 1, 30));
+    web.readiness_probe = Some(Probe {
+        action: ProbeAction::HttpGet {
+            path: "/index.html".into(),
+            port: 8081,
+            host: String::new(),
+            https: false,
+            headers: vec![("X-Probe".into(), "1".into())],
+        },
+        ..exec_probe("", 1, 1)
     });
+    let p = pod("probed", RestartPolicy::Always, vec![live, ready, web]);
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 30, "probed containers started", |r| {
+        r.containers[..2].iter().all(|c| c.started)
+    });
+    assert!(
+        !r.containers[2].started,
+        "started before its startup probe passed"
+    );
+    assert!(!r.containers[2].ready);
     assert!(!r.containers[1].ready, "ready before its probe passed");
     assert!(!r.containers_ready);
     agent.wait(&p.uid, 20, "ready", |r| r.containers[1].ready);
+    agent.wait(&p.uid, 20, "web started and ready over HTTP", |r| {
+        r.containers[2].started && r.containers[2].ready
+    });
     agent.wait(&p.uid, 20, "not ready again", |r| !r.containers[1].ready);
     let r = agent.wait(&p.uid, 30, "liveness restart", |r| {
         r.containers[0].restart_count >= 1

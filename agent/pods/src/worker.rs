@@ -1098,9 +1098,12 @@ impl Worker {
             let running = r.running.is_some();
             let probes = self.probes.get(&r.name);
             let started = running
-                && probes
-                    .and_then(|p| p[STARTUP].as_ref())
-                    .is_none_or(|s| s.result == Some(true));
+                && match c.and_then(|c| c.startup_probe.as_ref()) {
+                    None => true,
+                    Some(_) => probes
+                        .and_then(|p| p[STARTUP].as_ref())
+                        .is_some_and(|s| s.result == Some(true)),
+                };
             let ready = match kind {
                 Kind::Init => succeeded(r),
                 Kind::App => {
