@@ -19,6 +19,7 @@ use libcgroups::common::{
     AnyCgroupManager, CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt,
 };
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Resource usage of a container, for the agent to report.
@@ -53,6 +54,8 @@ pub enum JoinPlan {
     V1(Vec<V1Dir>),
     /// Pure v2: the parent moves the process (libcgroups creates the cgroup).
     ByParent,
+    /// Pure v2: the process was cloned into the cgroup ([`Cgroup::create_unified`]).
+    AtBirth,
 }
 
 /// One v1 hierarchy's directory for the container.
@@ -173,6 +176,41 @@ impl Cgroup {
     /// so that later operations do not wait for it.
     pub fn prepare(&self) -> Result<()> {
         self.manager().map(|_| ())
+    }
+
+    /// The container's directory in the unified hierarchy.
+    pub fn unified_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/cgroup").join(self.rel())
+    }
+
+    /// Pure v2: creates the cgroup directory, enabling the available controllers in every
+    /// ancestor as libcgroups does, and opens it for clone3's CLONE_INTO_CGROUP.
+    pub fn create_unified(&self) -> Result<std::os::fd::OwnedFd> {
+        let root = Path::new("/sys/fs/cgroup");
+        let available = std::fs::read_to_string(root.join("cgroup.controllers"))
+            .map_err(|e| err(&self.path, format!("reading cgroup.controllers: {e}")))?;
+        let enable = |dir: &Path| {
+            for c in available.split_whitespace() {
+                // Best effort, as in libcgroups: a limit needing it fails when applied.
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+            }
+        };
+        let mut dir = root.to_path_buf();
+        for c in self.rel().components() {
+            enable(&dir);
+            dir.push(c);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(&self.path, format!("creating {}: {e}", dir.display()))),
+            }
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dir)
+            .map_err(|e| err(&self.path, format!("opening {}: {e}", dir.display())))?;
+        Ok(f.into())
     }
 
     /// How a new process enters this cgroup: by itself ([`join_self`]) on v1.

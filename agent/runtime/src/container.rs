@@ -134,6 +134,43 @@ impl Drop for Cleanup {
     }
 }
 
+/// fork(2)-like clone3 whose child starts in the cgroup directory `dir`; returns the
+/// pid (0 in the child), or -1 with errno set.
+fn clone_into_cgroup(dir: &OwnedFd) -> i32 {
+    /// `struct clone_args` of clone3(2): every field is a 64-bit value on every arch.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: a fork-style clone (no new stack) of this single-threaded process; the
+    // child only runs the container set-up and never returns.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        ) as i32
+    }
+}
+
 /// Waits for the child's message `tag`; its error message or its exit become the error.
 fn expect(sock: &OwnedFd, tag: u8) -> Result<()> {
     loop {
@@ -245,13 +282,24 @@ impl Runtime {
         let (psock, csock) = sync::pair().ctx(|| "creating the sync socket".into())?;
         let cgroup_mount = cgroup.mount_source();
         let cgroup_join = cgroup.join_plan();
-        let args = InitArgs {
+        // On pure v2 the init is born in its cgroup (clone3 with CLONE_INTO_CGROUP): no
+        // migration and no global lock. Kernels without it fall back to a parent join.
+        let at_birth = JoinPlan::AtBirth;
+        let into = match cgroup_join {
+            JoinPlan::ByParent => Some(cgroup.create_unified()?),
+            _ => None,
+        };
+        let mut args = InitArgs {
             plan: &plan,
             sock: csock.as_raw_fd(),
             fifo: fifo.as_ref().map(|f| f.as_raw_fd()),
             join: &join,
             cgroup_mount: &cgroup_mount,
-            cgroup: &cgroup_join,
+            cgroup: if into.is_some() {
+                &at_birth
+            } else {
+                &cgroup_join
+            },
             last_cap: crate::capabilities::last_cap(),
             stdio: [0, 1, 2].map(|i| opts.stdio[i].as_ref().map(|f| f.as_raw_fd())),
         };
@@ -280,13 +328,38 @@ impl Runtime {
             nix::sched::unshare(CloneFlags::CLONE_NEWPID)
                 .ctx(|| "creating the pid namespace".into())?;
         }
-        // SAFETY: the child only runs the container set-up and never returns.
-        let pid = unsafe { libc::fork() };
-        let fork_err = std::io::Error::last_os_error();
-        if pid == 0 {
-            drop(psock);
-            crate::init::container_child(&args);
+        let mut pid = -1;
+        let mut fork_err = None;
+        if let Some(dir) = &into {
+            pid = clone_into_cgroup(dir);
+            if pid == 0 {
+                drop(psock);
+                crate::init::container_child(&args);
+            }
+            if pid < 0 {
+                let e = std::io::Error::last_os_error();
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)
+                ) {
+                    args.cgroup = &cgroup_join;
+                } else {
+                    fork_err = Some(e);
+                }
+            }
         }
+        if pid < 0 && fork_err.is_none() {
+            // SAFETY: the child only runs the container set-up and never returns.
+            pid = unsafe { libc::fork() };
+            if pid == 0 {
+                drop(psock);
+                crate::init::container_child(&args);
+            }
+            if pid < 0 {
+                fork_err = Some(std::io::Error::last_os_error());
+            }
+        }
+        let joined = args.cgroup;
         if let Some(fd) = &restore {
             // Without this the caller's next child would land in the container.
             if let Err(e) = nix::sched::setns(fd, CloneFlags::CLONE_NEWPID) {
@@ -296,8 +369,12 @@ impl Runtime {
                 return Err(Error::errno("restoring the caller's pid namespace", e));
             }
         }
-        if pid < 0 {
-            return Err(Error::io("fork", fork_err));
+        if let Some(e) = fork_err {
+            if into.is_some() {
+                // Only removed if empty: another container may share the path.
+                let _ = std::fs::remove_dir(cgroup.unified_dir());
+            }
+            return Err(Error::io("forking the container process", e));
         }
         drop(csock);
         crate::trace::phase("forked");
@@ -307,9 +384,10 @@ impl Runtime {
         // While the init enters its cgroup and creates its namespaces, build the cgroup
         // manager; the resources are applied once the cgroup exists.
         cgroup.prepare()?;
-        match cgroup_join {
+        match joined {
             JoinPlan::V1(_) => expect(&psock, sync::JOINED)?,
             JoinPlan::ByParent => cgroup.join(pid)?,
+            JoinPlan::AtBirth => {}
         }
         crate::trace::phase("cgroup joined");
         if let Some(res) = plan
@@ -325,7 +403,7 @@ impl Runtime {
         // queued: the loop below reports it.
         let go = pid.to_string();
         let go = go.as_bytes();
-        if let JoinPlan::ByParent = cgroup_join {
+        if let JoinPlan::ByParent = joined {
             let _ = sync::send(psock.as_raw_fd(), sync::GO, go, None);
         }
         let runtime_hooks = crate::init::has_runtime_hooks(&plan);
@@ -335,7 +413,7 @@ impl Runtime {
             hooks::run(&plan.spec, Point::Prestart, &state)?;
             hooks::run(&plan.spec, Point::CreateRuntime, &state)?;
         }
-        if runtime_hooks || matches!(cgroup_join, JoinPlan::V1(_)) {
+        if runtime_hooks || !matches!(joined, JoinPlan::ByParent) {
             let _ = sync::send(psock.as_raw_fd(), sync::GO, go, None);
         }
         let mut ready = false;

@@ -133,6 +133,7 @@ pub fn container_child(a: &InitArgs) -> ! {
                     .ctx(|| "reporting the cgroup joined".into())?;
             }
             JoinPlan::ByParent => go = wait_for(a.sock, sync::GO),
+            JoinPlan::AtBirth => {}
         }
         join_all(a.join, CloneFlags::CLONE_NEWPID)?;
         let create =
@@ -143,7 +144,7 @@ pub fn container_child(a: &InitArgs) -> ! {
             sync::send(a.sock, sync::NAMESPACES, b"", None)
                 .ctx(|| "reporting the namespaces created".into())?;
         }
-        if runtime_hooks || matches!(a.cgroup, JoinPlan::V1(_)) {
+        if runtime_hooks || !matches!(a.cgroup, JoinPlan::ByParent) {
             // The parent applies linux.resources (and runs its hooks) meanwhile. Wait for
             // it: device rules are rewritten from "deny all", and our mknods must not
             // fall in between.
