@@ -443,6 +443,19 @@ fn restart_always_backs_off_and_counts_restarts() {
     });
     assert_eq!(r.containers[0].restart_count, 2);
     assert_eq!(agent.logs(&p.uid, "main", -1, false, true), "attempt\n");
+    // Only the current and the previous attempt keep their files.
+    let dir = node.data().join("pods").join(&p.uid).join("main");
+    let mut logs: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_suffix(".log")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .collect();
+    logs.sort();
+    assert_eq!(logs, ["1.log", "2.log"]);
     delete_and_check(&mut agent, &node, p);
 }
 

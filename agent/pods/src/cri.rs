@@ -1,11 +1,16 @@
 //! CRI container log files: each line is `<RFC 3339 nano time> <stream> <F|P> <text>`
 //! (as the kubelet and containerd write them). The shim writes them; `logs` reads them
-//! back with tail, since, timestamps, limit and follow.
+//! back with tail, since, timestamps, limit and follow. A log that outgrows its limit
+//! is rotated to `<name>.1` (one rotated file kept, as small disks need) and a
+//! follower moves on to the new file.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Size at which a container's log rotates (the kubelet's default).
+pub const DEFAULT_LOG_MAX: u64 = 10 << 20;
 
 /// Longest line written at once; longer output is split into partial (`P`) lines.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -77,6 +82,57 @@ impl LineWriter {
     }
 }
 
+/// A log file that rotates to `<path>.1` once it holds more than `max_bytes`.
+pub struct RotatingLog {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl RotatingLog {
+    /// Opens (appends to) `path`; 0 means no limit.
+    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<RotatingLog> {
+        let file = File::options().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingLog {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_bytes,
+        })
+    }
+
+    /// The rotated file of `path`.
+    pub fn rotated(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".1");
+        PathBuf::from(p)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.path, Self::rotated(&self.path))?;
+        self.file = File::options().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        if self.max_bytes > 0 && self.size >= self.max_bytes && buf[..n].ends_with(b"\n") {
+            self.rotate()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// One parsed CRI log line.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Line<'a> {
@@ -137,6 +193,8 @@ fn line_time(line: &Line<'_>) -> i64 {
 /// until `done` says the writer has finished.
 pub struct LogReader {
     file: BufReader<File>,
+    /// Inode of the open file, to notice a rotation.
+    inode: u64,
     path: PathBuf,
     opts: ReadOptions,
     buf: Vec<u8>,
@@ -160,8 +218,10 @@ impl LogReader {
             start = tail_offset(&mut file, opts.tail_lines as u64)?;
         }
         file.seek(SeekFrom::Start(start))?;
+        let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata()?);
         Ok(LogReader {
             file: BufReader::new(file),
+            inode,
             path: path.to_path_buf(),
             opts,
             buf: Vec::new(),
@@ -208,6 +268,15 @@ impl LogReader {
                 return Ok(false);
             }
             if !done {
+                // Rotated: what is left of the old file was read; go on with the new one.
+                if let Ok(m) = std::fs::metadata(&self.path)
+                    && std::os::unix::fs::MetadataExt::ino(&m) != self.inode
+                    && let Ok(f) = File::open(&self.path)
+                {
+                    self.inode = std::os::unix::fs::MetadataExt::ino(&m);
+                    self.file = BufReader::new(f);
+                    continue;
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -371,6 +440,42 @@ mod tests {
             ..opts()
         };
         assert_eq!(read_all(f.path(), future), "");
+    }
+
+    #[test]
+    fn logs_rotate_and_followers_move_on() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("0.log");
+        let mut log = RotatingLog::open(&path, 200).unwrap();
+        let mut w = LineWriter::new("stdout");
+        w.feed(b"first\n", &mut log).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let follow = ReadOptions {
+            follow: true,
+            ..opts()
+        };
+        let mut r = LogReader::open(
+            &path,
+            follow,
+            Box::new(move || flag.load(std::sync::atomic::Ordering::SeqCst)),
+        )
+        .unwrap();
+        for i in 0..10 {
+            w.feed(format!("line {i}\n").as_bytes(), &mut log).unwrap();
+        }
+        assert!(RotatingLog::rotated(&path).exists(), "no rotation");
+        assert!(std::fs::metadata(&path).unwrap().len() < 200);
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).unwrap();
+            s
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let text = reader.join().unwrap();
+        assert!(text.starts_with("first\nline 0\n"), "{text}");
+        assert!(text.ends_with("line 9\n"), "{text}");
     }
 
     #[test]

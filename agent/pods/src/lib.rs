@@ -58,6 +58,8 @@ pub struct Options {
     /// First crash-loop back-off; doubles up to [`Options::backoff_max`].
     pub backoff_initial: std::time::Duration,
     pub backoff_max: std::time::Duration,
+    /// A container's log rotates to `<n>.log.1` beyond this size (0: never).
+    pub log_max_bytes: u64,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             registries: PathBuf::from(flotilla_images::registries::DEFAULT_PATH),
             backoff_initial: std::time::Duration::from_secs(10),
             backoff_max: std::time::Duration::from_secs(300),
+            log_max_bytes: cri::DEFAULT_LOG_MAX,
         }
     }
 }

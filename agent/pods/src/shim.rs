@@ -133,6 +133,10 @@ fn run_main(args: &[String]) -> Result<u8> {
         exit: PathBuf::from(flag(&f, "exit")?),
         shim_log: PathBuf::from(flag(&f, "shim-log")?),
     };
+    let log_max: u64 = match flag(&f, "log-max") {
+        Ok(v) => v.parse().context("--log-max")?,
+        Err(_) => crate::cri::DEFAULT_LOG_MAX,
+    };
     let (ready_r, ready_w) = pipe()?;
     // SAFETY: this process is single-threaded here (fresh exec, no threads started).
     let pid = unsafe { libc::fork() };
@@ -161,7 +165,7 @@ fn run_main(args: &[String]) -> Result<u8> {
     }
     drop(ready_r);
     let mut ready = File::from(ready_w);
-    match shim_child(&root, &id, &bundle, &files, &mut ready) {
+    match shim_child(&root, &id, &bundle, &files, log_max, &mut ready) {
         Ok(()) => Ok(0),
         Err(e) => {
             let _ = write!(ready, "{e:#}");
@@ -176,6 +180,7 @@ fn shim_child(
     id: &str,
     bundle: &Path,
     files: &AttemptFiles,
+    log_max: u64,
     ready: &mut File,
 ) -> Result<()> {
     nix::unistd::setsid().context("setsid")?;
@@ -188,10 +193,7 @@ fn shim_child(
     dup_onto(&null, 0)?;
     dup_onto(&null, 1)?;
     dup_onto(&shim_log, 2)?;
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(&files.log)
+    let log = crate::cri::RotatingLog::open(&files.log, log_max)
         .with_context(|| format!("opening {}", files.log.display()))?;
     let spec = flotilla_runtime::load_spec(bundle).map_err(|e| anyhow!("{e}"))?;
     let (out_r, out_w) = pipe()?;
@@ -252,7 +254,7 @@ fn shim_child(
     Ok(())
 }
 
-fn copy_lines(fd: OwnedFd, stream: &'static str, log: &Mutex<File>) {
+fn copy_lines(fd: OwnedFd, stream: &'static str, log: &Mutex<crate::cri::RotatingLog>) {
     let mut src = File::from(fd);
     let mut w = LineWriter::new(stream);
     let mut buf = vec![0u8; 32 * 1024];
@@ -288,6 +290,7 @@ pub fn spawn(
     id: &str,
     bundle: &Path,
     files: &AttemptFiles,
+    log_max: u64,
 ) -> Result<(i32, i32)> {
     let out = std::process::Command::new(exe)
         .arg("shim")
@@ -304,6 +307,8 @@ pub fn spawn(
         .arg(&files.exit)
         .arg("--shim-log")
         .arg(&files.shim_log)
+        .arg("--log-max")
+        .arg(log_max.to_string())
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("starting the shim {}", exe.display()))?;

@@ -1015,8 +1015,14 @@ impl Worker {
         self.cleanup_attempt(&id)?;
         std::fs::create_dir_all(&rootfs)?;
         let files = AttemptFiles::new(&ctr_dir, index);
-        for f in [&files.log, &files.exit, &files.shim_log] {
-            let _ = std::fs::remove_file(f);
+        // Files of this attempt (a half-done start) and of attempts before the
+        // previous one go; `logs --previous` needs only the last.
+        for e in std::fs::read_dir(&ctr_dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.split('.').next().and_then(|n| n.parse::<u32>().ok());
+            if n.is_some_and(|n| n == index || n + 1 < index) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         let result = (|| -> Result<(i32, i32)> {
             flotilla_images::snapshot::mount(&self.inner.images, &image.name, &id, &rootfs, false)?;
@@ -1052,6 +1058,7 @@ impl Worker {
                 &id,
                 &bundle,
                 &files,
+                self.inner.options.log_max_bytes,
             )
         })();
         let (shim_pid, _init) = match result {
