@@ -1099,3 +1099,47 @@ fn an_agent_that_lost_its_state_removes_what_no_pod_owns() {
         "pod cgroup {pod_cg} left behind"
     );
 }
+
+#[test]
+fn a_new_image_in_the_spec_replaces_the_container() {
+    require_root!();
+    let node = Node::new("pods-image");
+    let out = Command::new(bin("flotilla-agent"))
+        .arg("image")
+        .arg("--data-dir")
+        .arg(node.data())
+        .args(["--quiet", "import", "--name", "fleet/other:2"])
+        .arg(fixtures::busybox_docker_archive())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut agent = node.start();
+    let mut p = pod(
+        "upgrade",
+        RestartPolicy::Always,
+        vec![container("main", "exec sleep 1000")],
+    );
+    p.termination_grace_period_seconds = 0;
+    agent.pods.upsert(p.clone());
+    let before = agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    p.revision += 1;
+    p.containers[0].image = "fleet/other:2".into();
+    agent.pods.upsert(p.clone());
+    let after = agent.wait(&p.uid, 30, "replaced", |r| {
+        r.containers[0].restart_count == 1 && matches!(state(r, 0), ContainerState::Running { .. })
+    });
+    assert_ne!(
+        after.containers[0].container_id,
+        before.containers[0].container_id
+    );
+    assert_eq!(after.containers[0].image, "fleet/other:2");
+    assert!(agent.has_event("Killing", "definition changed"));
+    assert!(!agent.has_event("BackOff", ""));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(agent.report(&p.uid).unwrap().containers[0].restart_count, 1);
+    delete_and_check(&mut agent, &node, p);
+}

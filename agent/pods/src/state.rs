@@ -46,6 +46,9 @@ pub struct ContainerRecord {
     pub backoff_secs: u64,
     /// Why the last attempt was stopped by the agent (`liveness`), empty otherwise.
     pub kill_reason: String,
+    /// The image the live or last attempt was started from.
+    #[serde(default)]
+    pub image: String,
 }
 
 /// A started attempt of a container.
@@ -76,6 +79,7 @@ impl ContainerRecord {
             backoff_until_ms: 0,
             backoff_secs: 0,
             kill_reason: String::new(),
+            image: String::new(),
         }
     }
 }

@@ -270,6 +270,9 @@ struct Worker {
     last_report: Option<PodReport>,
 }
 
+/// Kill reason of a container whose image changed in the spec.
+const SPEC_CHANGED: &str = "spec changed";
+
 const STARTUP: usize = 0;
 const LIVENESS: usize = 1;
 const READINESS: usize = 2;
@@ -474,6 +477,15 @@ impl Worker {
         }
         for i in 0..self.rec.containers.len() {
             let r = &self.rec.containers[i];
+            if r.running.is_some()
+                && !r.image.is_empty()
+                && r.image != self.rec.spec.containers[i].image
+                && !self.stopping.contains_key(&r.name)
+            {
+                let grace = Duration::from_secs(self.rec.spec.termination_grace_period_seconds);
+                self.stop(Kind::App, i, grace, SPEC_CHANGED);
+                continue;
+            }
             if r.running.is_some() || self.stopping.contains_key(&r.name) {
                 continue;
             }
@@ -596,12 +608,14 @@ impl Worker {
         };
         let stopping_pod =
             self.rec.spec.deleting || self.rec.removing || !self.rec.reason.is_empty();
+        let replaced = kill_reason == SPEC_CHANGED;
         let restart = !stopping_pod
-            && match (kind, self.rec.spec.restart_policy) {
-                (_, RestartPolicy::Never) => false,
-                (Kind::App, RestartPolicy::Always) => true,
-                _ => exit.exit_code != 0,
-            };
+            && (replaced
+                || match (kind, self.rec.spec.restart_policy) {
+                    (_, RestartPolicy::Never) => false,
+                    (Kind::App, RestartPolicy::Always) => true,
+                    _ => exit.exit_code != 0,
+                });
         let initial = self.inner.options.backoff_initial.as_secs().max(1);
         let max = self.inner.options.backoff_max.as_secs().max(initial);
         let pod = format!(
@@ -619,7 +633,10 @@ impl Worker {
         if exit.finished_at - att.started_at >= 600 {
             r.backoff_secs = 0;
         }
-        if r.backoff_secs == 0 {
+        if replaced {
+            // A new definition starts at once and does not count as a crash.
+            r.backoff_until_ms = 0;
+        } else if r.backoff_secs == 0 {
             r.backoff_until_ms = 0;
             r.backoff_secs = initial;
         } else {
@@ -690,12 +707,13 @@ impl Worker {
         }
         match self.stopping.get(&name).copied() {
             None => {
-                self.event(
-                    Some((kind, &name)),
-                    false,
-                    "Killing",
-                    format!("Stopping container {name}"),
-                );
+                let message = match why {
+                    SPEC_CHANGED => {
+                        format!("Container {name} definition changed, will be restarted")
+                    }
+                    _ => format!("Stopping container {name}"),
+                };
+                self.event(Some((kind, &name)), false, "Killing", message);
                 let sig = if grace.is_zero() {
                     libc::SIGKILL
                 } else {
@@ -1074,6 +1092,7 @@ impl Worker {
         r.attempts = index + 1;
         r.restart_count = index;
         r.image_id = image.manifest.to_string();
+        r.image = c.image.clone();
         r.running = Some(Attempt {
             id: id.clone(),
             index,
