@@ -496,9 +496,11 @@ fn liveness_failure_restarts_and_readiness_flips_ready() {
         "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000",
     );
     live.liveness_probe = Some(exec_probe("test -f /tmp/healthy", 1, 2));
+    // The tcp readiness probe reaches a listener in the pod's own network namespace,
+    // there for 8 s.
     let mut ready = container(
         "ready",
-        "sleep 2; touch /tmp/ready; sleep 4; rm /tmp/ready; exec sleep 1000",
+        "sleep 2; httpd -f -p 8080 & pid=$!; sleep 8; kill $pid; exec sleep 1000",
     );
     ready.readiness_probe = Some(Probe {
         action: ProbeAction::TcpSocket {
@@ -507,12 +509,6 @@ fn liveness_failure_restarts_and_readiness_flips_ready() {
         },
         ..exec_probe("", 1, 1)
     });
-    // The tcp readiness probe reaches a listener in the pod's own network namespace.
-    ready.command = vec![
-        "sh".into(),
-        "-c".into(),
-        "sleep 2; nc -l -p 8080 -e cat & pid=$!; sleep 4; kill $pid; exec sleep 1000".into(),
-    ];
     // A web server gated by a startup probe, ready through an HTTP probe.
     let mut web = container(
         "web",
@@ -852,7 +848,7 @@ fn follow_logs_and_exec_with_a_terminal() {
         RestartPolicy::Never,
         vec![container(
             "main",
-            "for i in 1 2 3; do echo tick $i; sleep 1; done",
+            "for i in 1 2 3 4 5; do echo tick $i; sleep 1; done",
         )],
     );
     agent.pods.upsert(p.clone());
@@ -895,7 +891,7 @@ fn follow_logs_and_exec_with_a_terminal() {
     // Following ends when the container does.
     let mut text = String::new();
     follow.read_to_string(&mut text).unwrap();
-    assert_eq!(text, "tick 1\ntick 2\ntick 3\n");
+    assert_eq!(text, "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n");
     agent.wait(&p.uid, 10, "Succeeded", |r| r.phase == PodPhase::Succeeded);
     delete_and_check(&mut agent, &node, p);
 }
@@ -978,7 +974,7 @@ fn host_paths_are_checked_host_network_is_shared_and_deadlines_fail_pods() {
     }];
     let mut p = pod("hostly", RestartPolicy::Always, vec![c.clone()]);
     p.host_network = true;
-    p.active_deadline_seconds = 4;
+    p.active_deadline_seconds = 6;
     p.volumes = vec![Volume {
         name: "share".into(),
         source: VolumeSource::HostPath {
