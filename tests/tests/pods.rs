@@ -1139,3 +1139,56 @@ fn a_new_image_in_the_spec_replaces_the_container() {
     assert_eq!(agent.report(&p.uid).unwrap().containers[0].restart_count, 1);
     delete_and_check(&mut agent, &node, p);
 }
+
+#[test]
+fn a_pod_added_again_while_being_removed_starts_afresh() {
+    require_root!();
+    let node = Node::new("pods-readd");
+    let mut agent = node.start();
+    let p = pod(
+        "again",
+        RestartPolicy::Always,
+        vec![container("main", "exec sleep 1000")],
+    );
+    agent.pods.upsert(p.clone());
+    let first = agent.wait(&p.uid, 30, "running", |r| r.phase == PodPhase::Running);
+    agent.pods.remove(&p.uid);
+    // While the container is stopping (it ignores SIGTERM: 1 s of grace) the pod
+    // comes back; the removal completes, then the pod starts from scratch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.has_event("Killing", "Stopping container main") {
+        assert!(
+            Instant::now() < deadline,
+            "removal did not stop the container"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.pods.upsert(p.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        agent.drain();
+        let started = agent
+            .events
+            .iter()
+            .filter(|e| e.reason == "Started")
+            .count();
+        let running = agent
+            .report(&p.uid)
+            .is_some_and(|r| r.phase == PodPhase::Running && !r.terminated);
+        if started == 2 && running {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not started again: {started} starts"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = agent.report(&p.uid).unwrap();
+    assert_eq!(second.containers[0].restart_count, 0);
+    assert_eq!(
+        second.containers[0].container_id,
+        first.containers[0].container_id
+    );
+    delete_and_check(&mut agent, &node, p);
+}

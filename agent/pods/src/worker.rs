@@ -151,6 +151,9 @@ pub fn upsert(inner: &Arc<Inner>, pod: PodSpec) {
         if d.spec != pod {
             d.spec = pod;
         }
+        // Added again while being removed: the worker finishes the removal, then
+        // starts the pod afresh.
+        d.removing = false;
         drop(d);
         let _ = lock(&slot.wake).send(());
         return;
@@ -315,8 +318,7 @@ impl Worker {
                 }
             }
             self.publish_views();
-            if self.rec.removing && self.rec.terminated {
-                self.forget();
+            if self.rec.removing && self.rec.terminated && self.forget() {
                 return;
             }
             self.publish_report();
@@ -379,8 +381,24 @@ impl Worker {
         self.last_report = Some(report);
     }
 
-    fn forget(&mut self) {
+    /// Forgets the removed pod; true when the worker ends, false when the pod was
+    /// added again meanwhile and starts afresh with this worker.
+    fn forget(&mut self) -> bool {
         let uid = self.rec.spec.uid.clone();
+        // Under the slots lock, as upsert: a re-add either lands before this or
+        // finds no slot and starts a new worker.
+        let again = {
+            let mut slots = lock(&self.inner.slots);
+            let d = lock(&self.slot.desired);
+            if d.removing {
+                if slots.get(&uid).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+                    slots.remove(&uid);
+                }
+                None
+            } else {
+                Some(d.spec.clone())
+            }
+        };
         if let Err(e) = self.inner.state.delete(&uid) {
             tracing::error!("forgetting pod {uid}: {e:#}");
         }
@@ -389,11 +407,23 @@ impl Worker {
         {
             tracing::warn!("removing {}: {e}", self.pod_dir.display());
         }
-        let mut slots = lock(&self.inner.slots);
-        if slots.get(&uid).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
-            slots.remove(&uid);
-        }
         lock(&self.inner.reports).remove(&uid);
+        let Some(spec) = again else {
+            return true;
+        };
+        self.rec = new_record(spec);
+        self.saved = self.rec.clone();
+        if let Err(e) = self.inner.state.put(&self.rec) {
+            tracing::error!("cannot persist pod {uid}: {e:#}");
+        }
+        self.probes.clear();
+        self.stopping.clear();
+        self.pull_backoff.clear();
+        self.volumes = None;
+        self.etc.clear();
+        self.sandbox_error.clear();
+        self.last_report = None;
+        false
     }
 
     fn spec_of(&self, kind: Kind, i: usize) -> Container {
