@@ -1187,6 +1187,29 @@ fn service_addresses_are_freed_on_delete_and_never_doubled() {
         seen.push(ip);
         ports.push(port);
     }
+    // A type change allocates a node port; an update may not take another's.
+    c.ok(&["create", "service", "clusterip", "grow", "--tcp=80"]);
+    c.ok(&[
+        "patch",
+        "service",
+        "grow",
+        "-p",
+        r#"{"spec":{"type":"NodePort"}}"#,
+    ]);
+    let (ip, port) = addr(&c.json(&["get", "service", "grow"]));
+    assert!(!ports.contains(&port), "{port} handed out twice");
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/ports/0/nodePort","value":{}}}]"#,
+        ports[0]
+    );
+    let err = c.fails_as(
+        &kc,
+        &["patch", "service", "grow", "--type=json", "-p", &patch],
+        None,
+    );
+    assert!(err.contains("provided port is already allocated"), "{err}");
+    seen.push(ip);
+    ports.push(port);
     c.proc.kill();
     c.proc = spawn_controller(c.dir.path(), c.port, &[]);
     c.wait_ready();

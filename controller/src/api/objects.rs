@@ -687,6 +687,14 @@ pub async fn update_object(
             ));
         }
     }
+    // Held until the write below has landed or failed.
+    let _node_ports = if res.kind == "Service" {
+        Some(crate::loops::ipalloc::update_node_ports(
+            api, &old_v, &mut obj,
+        )?)
+    } else {
+        None
+    };
     // Unchanged objects are not written (their resourceVersion stays).
     let unchanged = {
         let mut a = obj.clone();

@@ -244,3 +244,128 @@ pub fn assign_cluster_ip(api: &Api, svc: &mut Value) -> ApiResult<Reservation> {
     flight.1.extend(&res.ports);
     Ok(res)
 }
+
+/// Node ports of an updated Service: kept from the old object where the update
+/// leaves them out (matched by port and protocol), allocated where the type now
+/// needs them, dropped when it no longer does, and a changed port checked against
+/// every other Service. Keep the returned [`Reservation`] until the write is done.
+pub fn update_node_ports(api: &Api, old: &Value, svc: &mut Value) -> ApiResult<Reservation> {
+    let mut res = Reservation::default();
+    let node_ports = matches!(
+        svc["spec"]["type"].as_str(),
+        Some("NodePort" | "LoadBalancer")
+    );
+    let old_ports: Vec<(i64, String, i64)> = old["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let n = p["nodePort"].as_i64().filter(|n| *n != 0)?;
+            let proto = p["protocol"].as_str().unwrap_or("TCP").to_owned();
+            Some((p["port"].as_i64().unwrap_or(0), proto, n))
+        })
+        .collect();
+    let count = svc["spec"]["ports"].as_array().map_or(0, Vec::len);
+    if count == 0 {
+        return Ok(res);
+    }
+    let ns = svc["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let name = svc["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let (first_port, last_port) = ranges().ports;
+    let mut flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+    // Ports held by every other Service.
+    let page = api.store.list("services", None, None, None)?;
+    let mut others = HashSet::new();
+    for o in page.items {
+        if o.key.namespace == ns && o.key.name == name {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&o.value).unwrap_or(Value::Null);
+        for p in v["spec"]["ports"].as_array().into_iter().flatten() {
+            if let Some(n) = p["nodePort"].as_i64().filter(|n| *n != 0) {
+                others.insert(n);
+            }
+        }
+    }
+    let own: Vec<i64> = old_ports.iter().map(|o| o.2).collect();
+    let mut claimed: Vec<i64> = Vec::new();
+    for i in 0..count {
+        let p = &mut svc["spec"]["ports"][i];
+        let asked = p["nodePort"].as_i64().unwrap_or(0);
+        let port = p["port"].as_i64().unwrap_or(0);
+        let proto = p["protocol"].as_str().unwrap_or("TCP").to_owned();
+        let field = format!("spec.ports[{i}].nodePort");
+        if !node_ports {
+            // Left over from the old type: dropped; set anew: refused.
+            if asked != 0 && !own.contains(&asked) {
+                let ty = svc["spec"]["type"]
+                    .as_str()
+                    .unwrap_or("ClusterIP")
+                    .to_owned();
+                return Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    &name,
+                    vec![Cause::forbidden(
+                        field,
+                        format!("may not be used when `type` is '{ty}'"),
+                    )],
+                ));
+            }
+            if let Some(m) = svc["spec"]["ports"][i].as_object_mut() {
+                m.remove("nodePort");
+            }
+            continue;
+        }
+        let n = if asked != 0 {
+            if !own.contains(&asked) {
+                if !(first_port..=last_port).contains(&asked) {
+                    return Err(invalid(
+                        svc,
+                        &field,
+                        json!(asked),
+                        format!(
+                            "provided port is not in the valid range. The range of valid ports is {first_port}-{last_port}"
+                        ),
+                    ));
+                }
+                if others.contains(&asked) || flight.1.contains(&asked) {
+                    return Err(invalid(
+                        svc,
+                        &field,
+                        json!(asked),
+                        "provided port is already allocated",
+                    ));
+                }
+                res.ports.push(asked);
+            }
+            asked
+        } else if let Some(kept) = old_ports
+            .iter()
+            .find(|(op, opr, n)| *op == port && *opr == proto && !claimed.contains(n))
+        {
+            kept.2
+        } else {
+            let n = (first_port..=last_port)
+                .find(|n| {
+                    !others.contains(n)
+                        && !flight.1.contains(n)
+                        && !own.contains(n)
+                        && !res.ports.contains(n)
+                })
+                .ok_or_else(|| ApiError::internal("the node port range is full"))?;
+            res.ports.push(n);
+            n
+        };
+        if claimed.contains(&n) {
+            return Err(invalid(svc, &field, json!(n), "duplicate nodePort"));
+        }
+        claimed.push(n);
+        svc["spec"]["ports"][i]["nodePort"] = json!(n);
+    }
+    flight.1.extend(&res.ports);
+    Ok(res)
+}
