@@ -352,6 +352,15 @@ fn pod_runs_reports_exit_codes_logs_and_is_deleted_cleanly() {
         r.phase == PodPhase::Succeeded
     });
     assert_eq!(exit_of(state(&r, 0)), Some((0, "Completed")));
+    // A finished pod gives back its namespaces and cgroup before it is deleted.
+    let pod_dir = node.data().join("pods").join(&fine.uid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mounts_under(&pod_dir).is_empty() {
+        assert!(Instant::now() < deadline, "finished pod kept its sandbox");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pod_cg = format!("{}/pod-{}", node.cgroup_root(), fine.uid);
+    assert!(!cgroup_dir_exists(&pod_cg), "finished pod kept its cgroup");
     assert!(agent.has_event("Pulled", "already present on machine"));
     assert!(agent.has_event("Created", "main"));
     assert!(agent.has_event("Started", "main"));

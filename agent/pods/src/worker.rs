@@ -125,6 +125,7 @@ pub fn spawn(inner: &Arc<Inner>, rec: PodRecord) {
         etc: Vec::new(),
         sandbox_error: String::new(),
         last_report: None,
+        released: false,
     };
     let name = format!("pod-{}", &uid[..uid.len().min(8)]);
     let spawned = std::thread::Builder::new()
@@ -271,6 +272,8 @@ struct Worker {
     etc: Vec<(String, PathBuf)>,
     sandbox_error: String,
     last_report: Option<PodReport>,
+    /// The sandbox of a finished pod was released.
+    released: bool,
 }
 
 /// Kill reason of a container whose image changed in the spec.
@@ -423,6 +426,7 @@ impl Worker {
         self.etc.clear();
         self.sandbox_error.clear();
         self.last_report = None;
+        self.released = false;
         false
     }
 
@@ -478,6 +482,17 @@ impl Worker {
         }
         if !self.rec.reason.is_empty() {
             self.stop_all(grace);
+            self.release_when_done();
+            return;
+        }
+        // A pod that has finished (Succeeded or Failed) gives back its sandbox,
+        // volumes and cgroup; its logs stay until it is removed.
+        let initialized = self.rec.init_containers.iter().all(succeeded);
+        if matches!(
+            self.phase(initialized),
+            PodPhase::Succeeded | PodPhase::Failed
+        ) {
+            self.release_when_done();
             return;
         }
         if let Err((reason, e)) = self.ensure_sandbox() {
@@ -762,6 +777,17 @@ impl Worker {
                 self.stopping.insert(name, None);
             }
             Some(_) => {}
+        }
+    }
+
+    /// Releases the sandbox once no container runs (once per worker).
+    fn release_when_done(&mut self) {
+        if self.released || self.all().any(|c| c.running.is_some()) {
+            return;
+        }
+        match self.release() {
+            Ok(()) => self.released = true,
+            Err(e) => tracing::warn!("releasing pod {}: {e:#}", self.rec.spec.uid),
         }
     }
 
