@@ -92,7 +92,21 @@ impl Cluster {
         if let Some(token) = token {
             cmd.env("FLOTILLA_TOKEN", token);
         }
-        self.node.spawn(cmd).named("flotilla-agent")
+        // In the node's network namespace and a private mount namespace of its own,
+        // but with the host's /sys (`ip netns exec` would remount /sys and hide the
+        // cgroup file systems the pod manager needs). nsenter and unshare exec in
+        // place: the PID is the agent's.
+        let netns = self.node.netns_path();
+        let mut wrapped = Command::new("nsenter");
+        wrapped
+            .arg(format!("--net={}", netns.display()))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        Process::try_spawn(wrapped, Some(&netns))
+            .unwrap()
+            .named("flotilla-agent")
     }
 
     /// Runs kubectl as admin inside the node.
@@ -147,8 +161,10 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+        let state = self.kubectl(&["get", "nodes,pods,events", "-o", "wide"], None);
         panic!(
-            "timed out: {what}\nagent log:\n{}\ncontroller log:\n{}",
+            "timed out: {what}\n{}\nagent log:\n{}\ncontroller log:\n{}",
+            String::from_utf8_lossy(&state.stdout),
             agent.output(),
             self.controller.output()
         );
