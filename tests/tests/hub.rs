@@ -628,8 +628,15 @@ fn stream_input(
 
 fn tick_streams(link: &mut Link, streams: &mut std::collections::HashMap<u32, Open>) {
     for (id, open) in streams.iter_mut() {
-        if matches!(open.request, StreamRequest::Logs { follow: true, .. })
-            && Instant::now() >= open.next_tick
+        // `--tail=1` streams stay quiet after their first lines.
+        if matches!(
+            open.request,
+            StreamRequest::Logs {
+                follow: true,
+                tail_lines: -1,
+                ..
+            }
+        ) && Instant::now() >= open.next_tick
         {
             open.ticks += 1;
             open.next_tick = Instant::now() + Duration::from_millis(200);
@@ -1069,6 +1076,34 @@ fn logs_and_exec_are_relayed_through_the_node() {
         .closed
         .recv_timeout(Duration::from_secs(10))
         .expect("the node is told the log stream ended");
+
+    // A quiet follower that goes away is noticed too.
+    let mut quiet = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(["logs", "-f", "--tail=1", "web"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    quiet
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"hello fr");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(quiet.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let _ = quiet.wait();
+    agent
+        .closed
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the node is told a quiet log stream ended");
 
     // exec through the WebSocket path: output, exit codes, stdin.
     assert_eq!(

@@ -220,7 +220,19 @@ pub async fn serve(
         {
             return;
         }
-        while let Some(item) = stream.recv().await {
+        loop {
+            // A quiet `-f` stream still notices a client that went away.
+            let item = futures_lite::future::or(stream.recv(), async {
+                while !tx.is_closed() {
+                    smol::Timer::after(Duration::from_secs(2)).await;
+                }
+                None
+            })
+            .await;
+            let Some(item) = item else {
+                // The client went away or the stream ended: dropping it tells the agent.
+                return;
+            };
             match item {
                 Incoming::Data { data, .. } => {
                     if tx.send(Bytes::from(data)).await.is_err() {
