@@ -1205,3 +1205,32 @@ fn a_pod_added_again_while_being_removed_starts_afresh() {
     );
     delete_and_check(&mut agent, &node, p);
 }
+
+#[test]
+fn with_host_pid_leftover_processes_neither_hide_the_exit_nor_survive() {
+    require_root!();
+    let node = Node::new("pods-hostpid");
+    let mut agent = node.start();
+    // The background sleep keeps the output pipes open after the shell exits.
+    let mut p = pod(
+        "leftover",
+        RestartPolicy::Never,
+        vec![container("main", "sleep 1000 & echo started; exit 3")],
+    );
+    p.host_pid = true;
+    agent.pods.upsert(p.clone());
+    let r = agent.wait(&p.uid, 30, "Failed", |r| r.phase == PodPhase::Failed);
+    assert_eq!(exit_of(state(&r, 0)), Some((3, "Error")));
+    assert_eq!(agent.logs(&p.uid, "main", -1, false, false), "started\n");
+    // Its cgroup went with it, so the sleep did too.
+    let pod_cg = format!("{}/pod-{}", node.cgroup_root(), p.uid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cgroup_dir_exists(&pod_cg) {
+        assert!(
+            Instant::now() < deadline,
+            "the leftover process kept the cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    delete_and_check(&mut agent, &node, p);
+}

@@ -249,6 +249,32 @@ pub fn remove_cgroup(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// SIGKILLs every process in cgroup `path` (every hierarchy) and waits up to 5 s
+/// for it to empty.
+pub fn kill_cgroup(path: &str) {
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut pids = Vec::new();
+        for m in cgroup_mounts() {
+            let procs =
+                std::fs::read_to_string(m.join(rel).join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if pids.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: plain kill of a process inside this container's cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// True when the cgroup directory `path` exists in some hierarchy.
 pub fn cgroup_exists(path: &str) -> bool {
     let rel = path.trim_start_matches('/');

@@ -227,8 +227,11 @@ fn shim_child(
         copiers.push(std::thread::spawn(move || copy_lines(fd, stream, &log)));
     }
     let status = container.wait().map_err(|e| anyhow!("waiting: {e}"))?;
-    for c in copiers {
-        let _ = c.join();
+    // Output still in the pipes is copied; a leftover process holding them (with
+    // hostPID there is no pid namespace to end it) must not keep the exit unrecorded.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while copiers.iter().any(|c| !c.is_finished()) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let rec = match status {
         ExitStatus::Exited(code) => ExitRecord {

@@ -712,7 +712,11 @@ impl Worker {
     /// Removes an ended attempt's runtime state, root filesystem and bundle.
     fn cleanup_attempt(&self, id: &str) -> Result<()> {
         match self.inner.runtime.load(id) {
-            Ok(c) => c.delete(true).map_err(|e| anyhow::anyhow!("{e}"))?,
+            Ok(c) => {
+                // Processes the init left behind (no pid namespace with hostPID).
+                crate::sandbox::kill_cgroup(&c.cgroups_path().to_string_lossy());
+                c.delete(true).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
             Err(flotilla_runtime::Error::NotFound(_)) => {}
             Err(e) => return Err(anyhow::anyhow!("{e}")),
         }
