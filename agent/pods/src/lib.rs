@@ -11,9 +11,15 @@
 //! and `kubectl exec`. At start, containers under the pods directory that no record
 //! owns are removed (`gc`).
 //!
+//! On disk, per pod `<data_dir>/pods/<uid>/`: `<container>/<attempt>.log` (CRI
+//! lines, rotated to `.log.1`), `<attempt>.exit` (written by the shim),
+//! `.ns/{net,uts,ipc}` (namespaces kept by bind mounts), `.etc/` (hosts, hostname,
+//! resolv.conf), `.volumes/<name>/`, `.bundles/<container id>/` (config.json and the
+//! overlay root). Cgroups: `<cgroup_root>/pod-<uid>/<container id>`.
+//!
 //! Pod networking (pod IPs, bridges) is not done here yet: a pod gets a network
-//! namespace with only loopback, and its report carries an empty `pod_ip` unless it
-//! uses the host network.
+//! namespace with only loopback, and its report carries empty `pod_ip` and `host_ip`
+//! (also with the host network, until the node's addresses are known here).
 
 pub mod cri;
 mod exec;
