@@ -1234,3 +1234,88 @@ fn with_host_pid_leftover_processes_neither_hide_the_exit_nor_survive() {
     }
     delete_and_check(&mut agent, &node, p);
 }
+
+/// A TLS server on 127.0.0.1 answering every request with `200 OK`, for HTTPS
+/// probes; it serves until the test process ends.
+fn https_server() -> u16 {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 1024];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                let _ = s.flush();
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn https_probes_do_not_verify_the_certificate() {
+    require_root!();
+    let port = https_server();
+    let node = Node::new("pods-https");
+    let mut agent = node.start();
+    let mut c = container("main", "exec sleep 1000");
+    c.readiness_probe = Some(Probe {
+        action: ProbeAction::HttpGet {
+            path: "/healthz".into(),
+            port,
+            host: String::new(),
+            https: true,
+            headers: vec![],
+        },
+        ..exec_probe("", 1, 1)
+    });
+    // A second probe on a port nobody listens on fails.
+    let mut d = c.clone();
+    d.name = "closed".into();
+    if let Some(Probe {
+        action: ProbeAction::HttpGet { port: p, .. },
+        ..
+    }) = d.readiness_probe.as_mut()
+    {
+        *p = flotilla_tests::free_port();
+    }
+    let mut p = pod("secure", RestartPolicy::Always, vec![c, d]);
+    p.host_network = true;
+    agent.pods.upsert(p.clone());
+    agent.wait(&p.uid, 30, "ready over HTTPS", |r| r.containers[0].ready);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = agent.report(&p.uid).unwrap();
+    assert!(r.containers[0].ready);
+    assert!(!r.containers[1].ready);
+    assert!(!r.containers_ready);
+    assert!(agent.has_event("Unhealthy", "Readiness probe failed"));
+    delete_and_check(&mut agent, &node, p);
+}

@@ -25,6 +25,7 @@ pub mod cri;
 mod exec;
 mod gc;
 pub mod ocispec;
+mod probe_tls;
 mod probes;
 pub mod sandbox;
 pub mod shim;

@@ -65,11 +65,8 @@ fn run(action: &ProbeAction, timeout: Duration, t: &Target) -> Result<(), String
             https,
             headers,
         } => {
-            if *https {
-                return Err("https probes are not supported yet".into());
-            }
             enter_netns(t)?;
-            let mut s = connect(host, *port, timeout)?;
+            let tcp = connect(host, *port, timeout)?;
             let host_hdr = if host.is_empty() { "127.0.0.1" } else { host };
             let path = if path.is_empty() { "/" } else { path };
             let mut req = format!(
@@ -79,6 +76,15 @@ fn run(action: &ProbeAction, timeout: Duration, t: &Target) -> Result<(), String
                 req.push_str(&format!("{k}: {v}\r\n"));
             }
             req.push_str("\r\n");
+            let mut s: Box<dyn ReadWrite> = if *https {
+                let name = rustls::pki_types::ServerName::try_from(host_hdr.to_string())
+                    .map_err(|e| format!("server name {host_hdr:?}: {e}"))?;
+                let conn = rustls::ClientConnection::new(crate::probe_tls::config()?, name)
+                    .map_err(|e| e.to_string())?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            } else {
+                Box::new(tcp)
+            };
             s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
             let mut buf = [0u8; 256];
             let mut got = Vec::new();
@@ -103,6 +109,10 @@ fn run(action: &ProbeAction, timeout: Duration, t: &Target) -> Result<(), String
         }
     }
 }
+
+/// A byte stream, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn enter_netns(t: &Target) -> Result<(), String> {
     if let Some(ns) = &t.netns {
