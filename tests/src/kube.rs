@@ -32,7 +32,9 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output 
 }
 
 /// Starts `flotilla-controller serve` with its data in `DIR/data`, listening on
-/// 127.0.0.1:`port`, with extra environment variables `env`.
+/// 127.0.0.1:`port`, with extra environment variables `env`. Its agent hub listens on
+/// a free loopback port unless `--hub-listen` is among the arguments, so concurrent
+/// test controllers never compete for 6444.
 pub fn spawn_controller(dir: &Path, port: u16, env: &[(String, String)]) -> Process {
     spawn_controller_with(dir, port, env, &[])
 }
@@ -51,6 +53,9 @@ pub fn spawn_controller_with(
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .args(args);
+    if !args.iter().any(|a| a.starts_with("--hub-listen")) {
+        cmd.args(["--hub-listen", "127.0.0.1:0"]);
+    }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     Process::spawn(cmd).named("flotilla-controller")
 }
