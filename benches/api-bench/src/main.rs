@@ -97,6 +97,9 @@ fn start(o: &Opts) -> Server {
         .args(["serve", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        // The agent hub listens on 0.0.0.0:6444 by default; keep it on loopback and
+        // off any controller already running there.
+        .args(["--hub-listen", &format!("127.0.0.1:{}", free_port())])
         .args(&o.controller_args)
         .envs(o.controller_env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")

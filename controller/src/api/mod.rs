@@ -5,6 +5,7 @@ pub mod auth;
 pub mod defaults;
 pub mod discovery;
 pub mod immutable;
+pub mod list;
 pub mod meta;
 pub mod objects;
 pub mod openapi;

@@ -3,6 +3,7 @@
 //! [`create_object`] or [`update_object`], which decode, default, validate, admit and
 //! store.
 
+pub use super::list::{list_scope, selected};
 use super::meta::{self, metadata_mut};
 use super::patch;
 use super::query::Query;
@@ -24,7 +25,7 @@ pub async fn serve(api: &Arc<Api>, t: &Target, call: Call) -> ApiResult<Response
             Ok(json(200, &scale_view(&obj)))
         }
         (&Method::GET, false, None) if call.query.watch => watch::serve(api, t, &call),
-        (&Method::GET, false, None) => list(api, t, &call),
+        (&Method::GET, false, None) => super::list::list(api, t, &call).await,
         (&Method::POST, false, None) => create(api, t, &call).await,
         (&Method::POST, true, Some("binding")) => binding(api, t, &call).await,
         (&Method::POST, true, Some("eviction")) => eviction(api, t, &call).await,
@@ -74,124 +75,6 @@ fn get(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<Body>> {
         200,
         meta::with_resource_version(&o.value, o.revision),
     ))
-}
-
-fn encode_continue(k: &Key) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}\0{}", k.namespace, k.name))
-}
-
-fn decode_continue(res: &Resource, token: &str) -> ApiResult<Key> {
-    use base64::Engine as _;
-    let bad = || ApiError::bad_request(format!("invalid continue token {token:?}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let s = String::from_utf8(raw).map_err(|_| bad())?;
-    let (ns, name) = s.split_once('\0').ok_or_else(bad)?;
-    Ok(Key::new(res.store_name(), ns, name))
-}
-
-/// Whether an object passes the request's label and field selectors.
-pub fn selected(q: &Query, obj: &Value) -> bool {
-    q.label_selector
-        .as_ref()
-        .is_none_or(|s| s.matches(&obj["metadata"]["labels"]))
-        && q.field_selector.as_ref().is_none_or(|f| f.matches(obj))
-}
-
-/// The list namespace: `Some(ns)` for a namespaced list, `None` for all namespaces.
-pub fn list_scope(t: &Target) -> Option<&str> {
-    if t.res.namespaced {
-        t.ns.as_deref()
-    } else {
-        None
-    }
-}
-
-fn list(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<Body>> {
-    let q = &call.query;
-    let after = q
-        .continue_token
-        .as_deref()
-        .map(|c| decode_continue(t.res, c))
-        .transpose()?;
-    let filtering = q.label_selector.is_some() || q.field_selector.is_some();
-    let store_limit = if filtering { None } else { q.limit };
-    let page = api.store.list(
-        &t.res.store_name(),
-        list_scope(t),
-        after.as_ref(),
-        store_limit,
-    )?;
-    let rv = page.revision.to_string();
-    let mut more = page.more;
-    let mut last_key: Option<Key> = page.items.last().map(|o| o.key.clone());
-    if !filtering && !call.wants_table() {
-        // Fast path: splice resourceVersions into the stored bytes.
-        let mut out =
-            Vec::with_capacity(page.items.iter().map(|o| o.value.len() + 40).sum::<usize>() + 256);
-        out.extend_from_slice(
-            format!(
-                "{{\"apiVersion\":\"{}\",\"kind\":\"{}List\",\"items\":[",
-                t.res.api_version(),
-                t.res.kind
-            )
-            .as_bytes(),
-        );
-        for (i, o) in page.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&meta::with_resource_version(&o.value, o.revision));
-        }
-        out.extend_from_slice(b"],\"metadata\":");
-        out.extend_from_slice(
-            &serde_json::to_vec(&list_meta(&rv, more, last_key.as_ref())).expect("json"),
-        );
-        out.push(b'}');
-        return Ok(json_bytes(200, out));
-    }
-    let mut items = Vec::new();
-    for o in &page.items {
-        let v = meta::decode(&o.value, o.revision);
-        if selected(q, &v) {
-            if q.limit.is_some_and(|l| items.len() == l) {
-                more = true;
-                break;
-            }
-            last_key = Some(o.key.clone());
-            items.push(v);
-        }
-    }
-    if !more {
-        last_key = None;
-    }
-    if call.wants_table() {
-        let tbl = table::table(
-            t.res,
-            &items,
-            &rv,
-            q,
-            last_key.as_ref().map(encode_continue),
-        );
-        return Ok(json(200, &tbl));
-    }
-    let body = json!({
-        "apiVersion": t.res.api_version(),
-        "kind": format!("{}List", t.res.kind),
-        "metadata": list_meta(&rv, more, last_key.as_ref()),
-        "items": items,
-    });
-    Ok(json(200, &body))
-}
-
-fn list_meta(rv: &str, more: bool, last: Option<&Key>) -> Value {
-    let mut m = json!({"resourceVersion": rv});
-    if more && let Some(k) = last {
-        m["continue"] = json!(encode_continue(k));
-    }
-    m
 }
 
 /// Decodes a JSON or YAML request body.

@@ -402,6 +402,44 @@ fn row_object(o: &Value, include: &str) -> Value {
     }
 }
 
+/// What each row carries of its object (`includeObject`: None, Metadata (default) or
+/// Object).
+pub fn include(q: &Query) -> &str {
+    q.raw
+        .get("includeObject")
+        .map(String::as_str)
+        .unwrap_or("Metadata")
+}
+
+/// The column definitions of `res`'s table, in row order.
+pub fn column_definitions(res: &Resource) -> Value {
+    // Events lead with Last Seen; their Name column is wide-only, at the end.
+    let event = res.kind == "Event";
+    let mut cols = columns(res.kind);
+    if event {
+        let name = cols.remove(0);
+        cols.push(name);
+    }
+    cols.iter()
+        .map(|(name, ty, desc)| {
+            let name_col = *name == "Name";
+            json!({"name": name, "type": ty, "format": if name_col { "name" } else { "" }, "description": desc,
+                "priority": if event && name_col { 1 } else { 0 }})
+        })
+        .collect()
+}
+
+/// One row: the cells of `o` under [`column_definitions`], and its object as `include`
+/// asks.
+pub fn row(res: &Resource, o: &Value, include: &str) -> Value {
+    let mut c = cells(res.kind, o);
+    if res.kind == "Event" {
+        let name = c.remove(0);
+        c.push(name);
+    }
+    json!({"cells": c, "object": row_object(o, include)})
+}
+
 /// Renders objects of `res` as a Table.
 pub fn table(
     res: &Resource,
@@ -410,42 +448,13 @@ pub fn table(
     q: &Query,
     cont: Option<String>,
 ) -> Value {
-    let include = q
-        .raw
-        .get("includeObject")
-        .map(String::as_str)
-        .unwrap_or("Metadata");
-    // Events lead with Last Seen; their Name column is wide-only, at the end.
-    let event = res.kind == "Event";
-    let mut cols = columns(res.kind);
-    if event {
-        let name = cols.remove(0);
-        cols.push(name);
-    }
-    let defs: Vec<Value> = cols
-        .iter()
-        .map(|(name, ty, desc)| {
-            let name_col = *name == "Name";
-            json!({"name": name, "type": ty, "format": if name_col { "name" } else { "" }, "description": desc,
-                "priority": if event && name_col { 1 } else { 0 }})
-        })
-        .collect();
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            let mut c = cells(res.kind, o);
-            if event {
-                let name = c.remove(0);
-                c.push(name);
-            }
-            json!({"cells": c, "object": row_object(o, include)})
-        })
-        .collect();
+    let include = include(q);
+    let rows: Vec<Value> = objects.iter().map(|o| row(res, o, include)).collect();
     let mut md = json!({"resourceVersion": rv});
     if let Some(c) = cont {
         md["continue"] = json!(c);
     }
-    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": defs, "rows": rows})
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": column_definitions(res), "rows": rows})
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::watch::{Registry, Watcher};
 use crate::{Object, Result, StoreError, StoreOptions};
 use bytes::Bytes;
 use redb::ReadableDatabase;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -144,7 +144,7 @@ impl Store {
                 revision,
                 value: Bytes::copy_from_slice(value),
             });
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })?;
         Ok(ListPage {
             items,
@@ -171,18 +171,39 @@ impl Store {
                 revision,
                 value,
             })
+            .map(ControlFlow::Continue)
         })
     }
 
-    /// The one range read behind `list` and `list_each`: hands each object's key, revision
-    /// and borrowed value to `f`.
+    /// [`Store::list_each`] that `f` may stop early: on `ControlFlow::Break` the object
+    /// it was given is not counted, the summary says `more`, and `last` is the object
+    /// before it (so a filtered page can end at its limit and continue from there).
+    pub fn list_until(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&Key>,
+        limit: Option<usize>,
+        mut f: impl FnMut(ObjectRef<'_>) -> Result<ControlFlow<()>>,
+    ) -> Result<ListSummary> {
+        self.scan(resource, namespace, after, limit, |key, revision, value| {
+            f(ObjectRef {
+                key: &key,
+                revision,
+                value,
+            })
+        })
+    }
+
+    /// The one range read behind `list`, `list_each` and `list_until`: hands each
+    /// object's key, revision and borrowed value to `f`, until it says stop.
     fn scan(
         &self,
         resource: &str,
         namespace: Option<&str>,
         after: Option<&Key>,
         limit: Option<usize>,
-        mut f: impl FnMut(Key, u64, &[u8]) -> Result<()>,
+        mut f: impl FnMut(Key, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<ListSummary> {
         key::validate_resource(resource)?;
         if let Some(ns) = namespace {
@@ -230,7 +251,10 @@ impl Store {
             }
             let (k, record) = entry?;
             let (rev, value) = codec::decode_object(record.value())?;
-            f(Key::decode(k.value())?, rev, value)?;
+            if f(Key::decode(k.value())?, rev, value)?.is_break() {
+                summary.more = true;
+                break;
+            }
             summary.count += 1;
             last = Some(k);
         }

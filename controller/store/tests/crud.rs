@@ -300,6 +300,47 @@ fn list_each_streams_pages_without_copying() {
 }
 
 #[test]
+fn list_until_stops_where_the_callback_says_and_continues_from_there() {
+    use std::ops::ControlFlow;
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    for i in 0..10 {
+        store
+            .create_blocking(pod("d", &format!("p{i:02}")), format!("v{i}").into_bytes())
+            .unwrap();
+    }
+    // Take the even-numbered pods, at most 2 per page, as a filtered list does.
+    let page = |after: Option<&Key>| {
+        let mut taken = Vec::new();
+        let summary = store
+            .list_until("pods", Some("d"), after, None, |o| {
+                let n: u32 = o.key.name[1..].parse().unwrap();
+                if n % 2 == 1 {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                if taken.len() == 2 {
+                    return Ok(ControlFlow::Break(()));
+                }
+                taken.push(o.key.name.clone());
+                Ok(ControlFlow::Continue(()))
+            })
+            .unwrap();
+        (taken, summary)
+    };
+    let (first, s1) = page(None);
+    assert_eq!(first, ["p00", "p02"]);
+    // p03 was passed over, p04 stopped the scan without being counted.
+    assert!(s1.more);
+    assert_eq!((s1.count, s1.last.clone()), (4, Some(pod("d", "p03"))));
+    let (second, s2) = page(s1.last.as_ref());
+    assert_eq!(second, ["p04", "p06"]);
+    let (third, s3) = page(s2.last.as_ref());
+    assert_eq!(third, ["p08"]);
+    assert!(!s3.more, "the last page says there is no more");
+    assert_eq!(s3.last, Some(pod("d", "p09")));
+}
+
+#[test]
 fn a_file_of_an_unknown_format_is_refused() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("store.redb");
