@@ -715,6 +715,34 @@ fn kubectl_create_generators_send_protobuf_bodies() {
     );
     assert!(cm["metadata"].get("generation").is_none(), "{cm}");
 
+    // Non-UTF-8 file contents travel as protobuf bytes and land in binaryData.
+    let blob: Vec<u8> = (0..=255u8).rev().collect();
+    let file = c.dir.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    let from_file = format!("--from-file={}", file.display());
+    c.ok(&["create", "configmap", "binary", "-n", "pb", &from_file]);
+    let got = c.ok(&[
+        "get",
+        "configmap",
+        "binary",
+        "-n",
+        "pb",
+        "-o",
+        r"jsonpath={.binaryData.blob\.bin}",
+    ]);
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write as _;
+            ch.stdin.take().unwrap().write_all(got.trim().as_bytes())?;
+            ch.wait_with_output()
+        })
+        .expect("base64 runs");
+    assert_eq!(decoded.stdout, blob, "binaryData round trip: {got}");
+
     c.ok(&[
         "create",
         "secret",
