@@ -1,10 +1,11 @@
 //! flotilla-runtime: Flotilla's OCI container runtime, a library of the agent.
 //!
 //! A container is created from an OCI runtime-spec `config.json` (see [`config`]):
-//! the caller forks an intermediate process that joins and creates namespaces, which
-//! clones the container's init as a sibling (so the caller can `wait` for it); init builds
-//! the root filesystem, pivots into it and waits for `start`, then drops privileges,
-//! installs seccomp and executes the program. [`container`] holds the API (create, start,
+//! the caller forks the container's init straight into its new pid namespace (so the
+//! caller can `wait` for it); the init enters its cgroup (by itself on v1, born in it on
+//! v2), joins and creates the other namespaces, builds the root filesystem, pivots into
+//! it and waits for `start`, then drops privileges, installs seccomp and executes the
+//! program. Hooks run at their lifecycle points ([`hooks`]). [`container`] holds the API (create, start,
 //! state, kill, wait, exec, usage, delete); [`cli`] is a runc-compatible front end.
 
 pub mod capabilities;
