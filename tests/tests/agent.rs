@@ -3,8 +3,9 @@
 //! network), the busybox image dropped as an oci-archive in the agent's air-gap folder,
 //! and the real `kubectl`. The node joins with the token and turns Ready, a pod runs
 //! from the imported image, `kubectl logs` and `kubectl exec` reach it over the agent
-//! link, it survives the agent being killed and started again, and its deletion leaves
-//! nothing in the runtime; a wrong token is refused with a clear error.
+//! link, it survives the agent being killed and started again (also while the
+//! controller is down: the agent runs from local state and reconnects), and its
+//! deletion leaves nothing in the runtime; a wrong token is refused with a clear error.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -38,23 +39,18 @@ impl Cluster {
             .prefix("flotilla-agent-e2e-")
             .tempdir()
             .unwrap();
-        let mut cmd = Command::new(bin("flotilla-controller"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("controller"))
-            .args(["--listen", API, "--hub-listen", HUB]);
-        let mut controller = node.spawn(cmd).named("flotilla-controller");
-        for addr in [API, HUB] {
-            controller
-                .wait_for_tcp(addr.parse().unwrap(), Duration::from_secs(60))
-                .unwrap();
-        }
+        let controller = spawn_controller(&node, dir.path());
         Cluster {
             node,
             dir,
             cg,
             controller,
         }
+    }
+
+    /// Starts the controller again on the same data dir (after `controller.stop()`).
+    fn restart_controller(&mut self) {
+        self.controller = spawn_controller(&self.node, self.dir.path());
     }
 
     fn token(&self) -> String {
@@ -185,6 +181,23 @@ impl Cluster {
     }
 }
 
+/// `flotilla-controller serve` in `node` with its data in `dir/controller`, once both
+/// its API and its hub listen.
+fn spawn_controller(node: &Node, dir: &Path) -> Process {
+    let mut cmd = Command::new(bin("flotilla-controller"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("controller"))
+        .args(["--listen", API, "--hub-listen", HUB]);
+    let mut controller = node.spawn(cmd).named("flotilla-controller");
+    for addr in [API, HUB] {
+        controller
+            .wait_for_tcp(addr.parse().unwrap(), Duration::from_secs(60))
+            .unwrap();
+    }
+    controller
+}
+
 fn pod_yaml(name: &str, script: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -223,7 +236,7 @@ fn runtime_entries(root: &Path) -> Vec<String> {
 #[test]
 fn agent_joins_runs_pods_with_logs_and_exec_and_survives_a_restart() {
     require_root!();
-    let cluster = Cluster::start("agent-run");
+    let mut cluster = Cluster::start("agent-run");
     // The air-gap folder: the image arrives as an oci-archive file, no registry.
     let images = cluster.agent_data().join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -332,6 +345,32 @@ fn agent_joins_runs_pods_with_logs_and_exec_and_survives_a_restart() {
         cluster.ok(&["exec", "hello", "--", "echo", "again"], None),
         "again\n"
     );
+
+    // Without the controller, a restarted agent runs from its local state alone and
+    // reconnects once the controller is back.
+    cluster.controller.stop();
+    agent.kill();
+    let mut agent = cluster.agent(None, &[]);
+    agent
+        .wait_for_log("running from local state", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(runtime_entries(&cluster.runtime_root()).len(), 1);
+    cluster.restart_controller();
+    agent
+        .wait_for_log("connected to the controller", Duration::from_secs(60))
+        .unwrap();
+    cluster.until(
+        &agent,
+        "pod Running after the outage",
+        Duration::from_secs(30),
+        || running(&cluster.pod("hello")),
+    );
+    let after = cluster.pod("hello").unwrap();
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["containerID"],
+        container_id
+    );
+    assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
 
     // Deleting the pod stops its container and leaves nothing in the runtime.
     cluster.ok(&["delete", "pod", "hello", "--timeout", "60s"], None);
