@@ -986,3 +986,45 @@ fn bad_settings_stop_the_controller_with_an_error_naming_them() {
         "nothing is created before the settings are checked"
     );
 }
+
+#[test]
+fn a_rollout_that_stops_progressing_exceeds_its_deadline_on_its_own() {
+    let c = Controller::start();
+    c.node("n1", "2", "", "");
+    // No kubelet here: the pods are bound but never become Ready, and after that
+    // nothing in the cluster changes, so only the controller's own timer can notice
+    // that the deadline passed.
+    c.apply(&deployment(
+        "stuck",
+        2,
+        "busybox:1.36",
+        "100m",
+        "  progressDeadlineSeconds: 3\n",
+    ));
+    let progressing = |c: &Controller| -> (String, String) {
+        let d = c.json(&["get", "deployment", "stuck"]);
+        d["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["type"] == "Progressing")
+            .map(|x| (s(x, &["status"]).to_owned(), s(x, &["reason"]).to_owned()))
+            .unwrap_or_default()
+    };
+    c.wait("2 bound pods", Duration::from_secs(20), || {
+        let pods = live_pods(&c, "app=stuck");
+        pods.len() == 2 && pods.iter().all(|p| !node_of(p).is_empty())
+    });
+    c.wait(
+        "Progressing=False with ProgressDeadlineExceeded",
+        Duration::from_secs(20),
+        || progressing(&c) == ("False".into(), "ProgressDeadlineExceeded".into()),
+    );
+    let out = c.kubectl(
+        &["rollout", "status", "deployment/stuck", "--timeout=10s"],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+}

@@ -274,11 +274,44 @@ pub fn reconcile(
         }
     }
     let status = compute_status(&step, max_unavailable, paused);
+    let deadline = spec
+        .progress_deadline_seconds
+        .unwrap_or(DEFAULT_PROGRESS_DEADLINE);
+    let check = (!paused && !deleting)
+        .then(|| progress_check_in(&status, deadline, now))
+        .flatten();
+    if let Some(after) = check {
+        step.actions.push(Action::Requeue(after));
+    }
     if d.status.as_ref() != Some(&status) {
         step.actions
             .push(Action::UpdateStatus(Box::new(Status::Deployment(status))));
     }
     coalesce_updates(step.actions)
+}
+
+/// When to look again so a rollout that stops progressing turns
+/// `ProgressDeadlineExceeded` even if nothing else changes (upstream requeues the
+/// same way): just after the Progressing condition's last update plus the deadline.
+fn progress_check_in(
+    status: &DeploymentStatus,
+    deadline: i32,
+    now: Timestamp,
+) -> Option<std::time::Duration> {
+    if deadline == i32::MAX {
+        return None;
+    }
+    let c = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Progressing")?;
+    if c.status != "True" || c.reason.as_deref() == Some("NewReplicaSetAvailable") {
+        return None;
+    }
+    let updated = c.last_update_time.as_ref()?.0.as_second();
+    let due = updated + i64::from(deadline) + 1 - now.as_second();
+    Some(std::time::Duration::from_secs(due.max(1) as u64))
 }
 
 /// One update per ReplicaSet per step: the last version wins, in the place of the first,

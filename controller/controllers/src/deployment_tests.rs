@@ -88,7 +88,10 @@ impl World {
         let mut all_pods = self.pods.clone();
         all_pods.extend(self.lingering.iter().cloned());
         for a in reconcile(&self.d, &self.rss, &all_pods, now) {
-            changed |= !matches!(a, Action::Event(_) | Action::UpdateStatus(_));
+            changed |= !matches!(
+                a,
+                Action::Event(_) | Action::UpdateStatus(_) | Action::Requeue(_)
+            );
             self.apply(a, now);
         }
         for i in 0..self.rss.len() {
@@ -158,6 +161,7 @@ impl World {
                 self.lingering.push(self.pods.remove(i));
             }
             Action::Event(e) => self.events.push(e),
+            Action::Requeue(_) => {}
             other => panic!("unexpected {other:?}"),
         }
         self.refresh_rs_status(now);
@@ -526,6 +530,18 @@ fn a_stuck_rollout_exceeds_its_progress_deadline() {
     assert_eq!(
         w.condition("Available"),
         ("False".into(), "MinimumReplicasUnavailable".into())
+    );
+    // Nothing changes any more, so the controller asks to look again when the
+    // deadline passes rather than waiting for a change that never comes.
+    let requeue = reconcile(&w.d, &w.rss, &w.pods, w.now())
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Requeue(d) => Some(d),
+            _ => None,
+        });
+    assert!(
+        requeue.is_some_and(|d| d.as_secs() >= 1 && d.as_secs() <= 61),
+        "{requeue:?}"
     );
     for _ in 0..10 {
         w.round();
