@@ -1,5 +1,8 @@
 //! Event recording, as client-go's recorder does it: one `core/v1` Event per object,
 //! reason and message, whose `count` and `lastTimestamp` go up when it repeats.
+//! Loops hand events to a queue and go on; a writer task drains it, several writes at
+//! a time, so an event never delays the binding or creation it reports (and a full
+//! queue drops events with a warning, as client-go's broadcaster does).
 
 use super::Ctx;
 use super::write;
@@ -7,18 +10,74 @@ use crate::api::meta;
 use flotilla_controllers::Event;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// Remembers recent events so repeats update them instead of piling up.
-#[derive(Default)]
+/// Events waiting to be written at most.
+const QUEUE: usize = 16384;
+/// Event writes in flight at most.
+const WRITERS: usize = 16;
+
+/// The queue of events to write, and recent events so repeats update them instead of
+/// piling up.
 pub struct Recorder {
     recent: Mutex<HashMap<String, (String, String)>>,
+    tx: smol::channel::Sender<(Event, &'static str)>,
+    rx: smol::channel::Receiver<(Event, &'static str)>,
+    dropped: AtomicU64,
+}
+
+impl Default for Recorder {
+    fn default() -> Recorder {
+        let (tx, rx) = smol::channel::bounded(QUEUE);
+        Recorder {
+            recent: Mutex::default(),
+            tx,
+            rx,
+            dropped: AtomicU64::new(0),
+        }
+    }
 }
 
 const REMEMBERED: usize = 4096;
 
-/// Records `ev` (failures are logged, never fatal: events are best effort).
-pub async fn record(ctx: &Ctx, ev: &Event, component: &str) {
+/// Queues `ev` for writing (events are best effort: a full queue drops it).
+pub fn record(ctx: &Ctx, ev: Event, component: &'static str) {
+    if ctx.events.tx.try_send((ev, component)).is_err() {
+        let n = ctx.events.dropped.fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() {
+            tracing::warn!(dropped = n + 1, "the event queue is full; dropping events");
+        }
+    }
+}
+
+/// Writes queued events forever, up to [`WRITERS`] at a time.
+pub async fn run(ctx: Arc<Ctx>) {
+    let rx = ctx.events.rx.clone();
+    while let Ok(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < WRITERS {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let tasks: Vec<_> = batch
+            .into_iter()
+            .map(|(ev, component)| {
+                let ctx = ctx.clone();
+                crate::exec::executor()
+                    .spawn(async move { write_event(&ctx, &ev, component).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+    }
+}
+
+/// Writes one event (failures are logged, never fatal).
+async fn write_event(ctx: &Ctx, ev: &Event, component: &str) {
     let r = &ev.regarding;
     let ns = r
         .namespace

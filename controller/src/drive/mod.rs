@@ -140,6 +140,7 @@ pub fn spawn(api: Arc<Api>, config: Flags) -> Result<()> {
     informer!(ctx, endpoints, route::endpoints);
 
     let on = |name| ctx.config.controllers.on(name);
+    crate::exec::spawn(events::run(ctx.clone()));
     if on("scheduler") {
         crate::exec::spawn(scheduler::run(ctx.clone()));
         crate::exec::spawn(scheduler::retry_loop(ctx.clone()));

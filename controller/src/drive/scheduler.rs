@@ -211,7 +211,7 @@ async fn execute(ctx: &Arc<Ctx>, actions: Vec<Action>) -> crate::api::status::Ap
                 name,
                 node,
             } => write::bind(ctx, &namespace, &name, &node).await?,
-            Action::Event(ev) => super::events::record(ctx, &ev, write::SCHEDULER).await,
+            Action::Event(ev) => super::events::record(ctx, ev, write::SCHEDULER),
             other => {
                 write::execute(ctx, None, vec![other]).await?;
             }

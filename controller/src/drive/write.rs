@@ -282,7 +282,7 @@ async fn one(
             let created = create(ctx, pods, &ns, v, MANAGER).await?;
             out.wrote(pods, &created);
             let ev = flotilla_controllers::Event::created_pod(owner, meta::name(&created));
-            events::record(ctx, &ev, MANAGER).await;
+            events::record(ctx, ev, MANAGER);
         }
         Action::BindPod {
             namespace,
@@ -502,7 +502,7 @@ async fn one(
         Action::DeleteEndpoints { namespace, name } => {
             delete(ctx, resource("", "endpoints"), &namespace, &name).await?
         }
-        Action::Event(ev) => events::record(ctx, &ev, MANAGER).await,
+        Action::Event(ev) => events::record(ctx, ev, MANAGER),
         Action::Requeue(d) => {
             out.requeue = Some(out.requeue.map_or(d, |r| r.min(d)));
         }
