@@ -4,12 +4,10 @@
 # N runs each (default 30), then medians and ratios.
 #
 # usage: benches/runtime-run.sh [RUNS]        (as root; needs runc, crun, busybox-static)
-#        CGROUP=v2 benches/runtime-run.sh [RUNS]   (as on a pure cgroup v2 host)
 #
 # crun refuses hybrid cgroup hosts unless the cgroup2 hierarchy is hidden, so the whole
 # measurement runs inside one private mount namespace (`unshare -m`) in which
-# /sys/fs/cgroup/unified is unmounted; the host's mounts are untouched. With CGROUP=v2
-# the unified hierarchy is mounted on /sys/fs/cgroup there instead.
+# /sys/fs/cgroup/unified is unmounted; the host's mounts are untouched.
 set -euo pipefail
 
 RUNS=${1:-30}
@@ -30,9 +28,7 @@ if [[ ${FLOTILLA_BENCH_INNER:-} != 1 ]]; then
 fi
 
 # Inside the private mount namespace from here on.
-if [[ ${CGROUP:-} == v2 ]]; then
-    mount -t cgroup2 cgroup2 /sys/fs/cgroup
-elif mountpoint -q /sys/fs/cgroup/unified; then
+if mountpoint -q /sys/fs/cgroup/unified; then
     umount /sys/fs/cgroup/unified
 fi
 
