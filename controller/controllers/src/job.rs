@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::actions::{Action, Event, Status, reference};
-use crate::pods::{self, controlled_by, controller_ref, is_active, is_ready, pod_from_template};
+use crate::pods::{self, controlled_by, controller_ref, is_active, is_ready};
 use crate::replicaset::deletion_order;
 
 const DEFAULT_BACKOFF_LIMIT: i32 = 6;
@@ -275,12 +275,8 @@ pub fn reconcile(job: &Job, all_pods: &[Pod], now: Timestamp) -> Vec<Action> {
                     labels.insert(k.to_owned(), v.to_owned());
                 }
                 let owner = controller_ref("batch/v1", "Job", &job.metadata);
-                for _ in 0..(want - active.len()) {
-                    actions.push(Action::CreatePod {
-                        pod: Box::new(pod_from_template(&template, ns, name, owner.clone())),
-                        owner: me.clone(),
-                    });
-                }
+                let missing = want - active.len();
+                actions.extend(pods::creations(&template, ns, name, &owner, &me, missing));
             }
         }
         if let Some(ads) = spec.active_deadline_seconds.filter(|_| !suspended) {

@@ -1,9 +1,11 @@
 //! Pod helpers every workload controller shares: ownership, activity, readiness and
 //! availability, and stamping out a pod from a template.
 
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
+
+use crate::actions::Action;
 
 /// Is the pod controlled by the object with this uid?
 pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
@@ -87,6 +89,25 @@ pub fn pod_from_template(
         spec: template.spec.clone(),
         status: None,
     }
+}
+
+/// `count` [`Action::CreatePod`]s of pods stamped from `template` by
+/// [`pod_from_template`], reported as created by `me` (the ReplicaSet's or Job's way of
+/// making up missing pods).
+pub fn creations(
+    template: &PodTemplateSpec,
+    namespace: &str,
+    prefix: &str,
+    owner: &OwnerReference,
+    me: &ObjectReference,
+    count: usize,
+) -> impl Iterator<Item = Action> {
+    let pod = pod_from_template(template, namespace, prefix, owner.clone());
+    let me = me.clone();
+    (0..count).map(move |_| Action::CreatePod {
+        pod: Box::new(pod.clone()),
+        owner: me.clone(),
+    })
 }
 
 /// The pod's name.

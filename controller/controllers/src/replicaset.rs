@@ -17,9 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::actions::{Action, Event, Status, reference};
-use crate::pods::{
-    self, controlled_by, controller_ref, is_active, is_available, is_ready, pod_from_template,
-};
+use crate::pods::{self, controlled_by, controller_ref, is_active, is_available, is_ready};
 
 /// Most pods created or deleted in one step (upstream's burstReplicas).
 pub const BURST_REPLICAS: usize = 500;
@@ -44,12 +42,8 @@ pub fn reconcile(rs: &ReplicaSet, pods: &[Pod], now: Timestamp) -> Vec<Action> {
             let ns = rs.metadata.namespace.as_deref().unwrap_or("default");
             if let Some(template) = &spec.template {
                 let owner = controller_ref("apps/v1", "ReplicaSet", &rs.metadata);
-                for _ in 0..(desired - active.len()).min(BURST_REPLICAS) {
-                    actions.push(Action::CreatePod {
-                        pod: Box::new(pod_from_template(template, ns, name, owner.clone())),
-                        owner: me.clone(),
-                    });
-                }
+                let missing = (desired - active.len()).min(BURST_REPLICAS);
+                actions.extend(pods::creations(template, ns, name, &owner, &me, missing));
             }
         } else if active.len() > desired {
             let excess = (active.len() - desired).min(BURST_REPLICAS);
