@@ -29,6 +29,8 @@ struct Inner<T> {
     items: HashMap<ObjKey, Arc<T>>,
     /// Controller owner uid → objects it controls.
     by_owner: HashMap<String, HashSet<ObjKey>>,
+    /// Objects without a controller owner (ReplicaSets look for pods to adopt here).
+    orphans: HashSet<ObjKey>,
 }
 
 /// The objects of one resource as last seen, with an index by controller owner.
@@ -64,6 +66,7 @@ impl<T: Object> Cache<T> {
             inner: RwLock::new(Inner {
                 items: HashMap::new(),
                 by_owner: HashMap::new(),
+                orphans: HashSet::new(),
             }),
             revision: AtomicU64::new(0),
         }
@@ -100,6 +103,16 @@ impl<T: Object> Cache<T> {
             .collect()
     }
 
+    /// The objects of `namespace` without a controller owner.
+    pub fn orphans_ns(&self, namespace: &str) -> Vec<Arc<T>> {
+        let g = self.read();
+        g.orphans
+            .iter()
+            .filter(|k| k.0 == namespace)
+            .filter_map(|k| g.items.get(k).cloned())
+            .collect()
+    }
+
     /// The revision the cache has caught up with.
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
@@ -131,8 +144,14 @@ impl<T: Object> Cache<T> {
             let uid = uid.to_owned();
             unindex(&mut g, &uid, &key);
         }
-        if let Some(uid) = controller_uid(obj.metadata()) {
-            g.by_owner.entry(uid.to_owned()).or_default().insert(key);
+        match controller_uid(obj.metadata()) {
+            Some(uid) => {
+                g.orphans.remove(&key);
+                g.by_owner.entry(uid.to_owned()).or_default().insert(key);
+            }
+            None => {
+                g.orphans.insert(key);
+            }
         }
         (old, obj)
     }
@@ -140,6 +159,7 @@ impl<T: Object> Cache<T> {
     fn remove(&self, key: &ObjKey) -> Option<Arc<T>> {
         let mut g = self.write();
         let old = g.items.remove(key)?;
+        g.orphans.remove(key);
         if let Some(uid) = controller_uid(old.metadata()) {
             let uid = uid.to_owned();
             unindex(&mut g, &uid, key);

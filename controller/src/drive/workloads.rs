@@ -3,7 +3,7 @@
 //! `flotilla-controllers` what to do, and executing that.
 
 use super::Ctx;
-use super::cache::{ObjKey, controller_uid};
+use super::cache::ObjKey;
 use super::write::{self, Subject};
 use crate::api::status::ApiResult;
 use flotilla_controllers::{Action, daemonset, deployment, job, replicaset};
@@ -41,13 +41,7 @@ pub async fn replicaset(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration
         return Ok(None);
     };
     let mut pods = owned_pods(&ctx, rs.metadata.uid.as_deref());
-    pods.extend(
-        ctx.pods
-            .list_ns(&key.0)
-            .into_iter()
-            .filter(|p| controller_uid(&p.metadata).is_none())
-            .map(|p| (*p).clone()),
-    );
+    pods.extend(ctx.pods.orphans_ns(&key.0).iter().map(|p| (**p).clone()));
     let actions = replicaset::reconcile(&rs, &pods, Timestamp::now());
     run(&ctx, subject("apps", "replicasets", &key), actions).await
 }
