@@ -1255,3 +1255,74 @@ fn service_addresses_are_freed_on_delete_and_never_doubled() {
         ports.push(port);
     }
 }
+
+/// An idle watch with bookmarks still learns how far the store has moved: its BOOKMARK
+/// carries a resourceVersion past writes to other kinds, so a client that resumes from
+/// it does not replay (or get 410 for) history it never needed.
+#[test]
+fn idle_watch_bookmarks_follow_the_store() {
+    let c = Controller::start();
+    c.ok(&["create", "configmap", "before", "--from-literal=a=1"]);
+    let start: u64 = c
+        .ok(&[
+            "get",
+            "configmap",
+            "before",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .trim()
+        .parse()
+        .unwrap();
+    let kubeconfig = c.kubeconfig();
+    let watch = std::thread::spawn(move || {
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "--raw",
+                &format!(
+                    "/api/v1/namespaces/default/configmaps?watch=1&allowWatchBookmarks=true&resourceVersion={start}&timeoutSeconds=17"
+                ),
+            ],
+            None,
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // Writes to another kind only: the configmap watch itself sees no event.
+    c.ok(&["create", "namespace", "elsewhere"]);
+    let later: u64 = c
+        .ok(&[
+            "get",
+            "namespace",
+            "elsewhere",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .trim()
+        .parse()
+        .unwrap();
+    let out = watch.join().unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    let bookmarks: Vec<u64> = body
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "BOOKMARK")
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        !bookmarks.is_empty(),
+        "no BOOKMARK within the watch:\n{body}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bookmarks.iter().all(|&rv| rv >= later),
+        "bookmarks {bookmarks:?} lag behind the store's revision {later}"
+    );
+}

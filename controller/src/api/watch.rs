@@ -166,8 +166,11 @@ pub fn serve(api: &Arc<Api>, t: &Target, call: &Call) -> ApiResult<Response<Body
             }
             if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY {
                 last_bookmark = Instant::now();
+                // Everything up to the store's progress mark has reached this watch
+                // (sent or filtered out), so an idle watch still moves forward.
+                let rv = watcher.progress().max(last_rv);
                 let b = json!({"kind": kind, "apiVersion": api_version,
-                    "metadata": {"resourceVersion": last_rv.to_string()}});
+                    "metadata": {"resourceVersion": rv.to_string()}});
                 if tx.send(line("BOOKMARK", &b)).await.is_err() {
                     return;
                 }
