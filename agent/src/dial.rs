@@ -79,35 +79,9 @@ pub async fn exchange_hello(conn: &mut Conn, node_name: &str) -> Result<Answer> 
                 Ok(Answer::Hello(h))
             }
             Some(Frame::Refused { reason }) => Ok(Answer::Refused(reason)),
-            Some(other) => bail!(
-                "the controller sent {} before its hello",
-                frame_name(&other)
-            ),
+            Some(other) => bail!("the controller sent {} before its hello", other.name()),
             None => bail!("the controller closed the connection before its hello"),
         }
     })
     .await
-}
-
-/// The variant name of a frame, for log lines (never its content: it may hold secrets).
-pub fn frame_name(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::Hello(_) => "Hello",
-        Frame::Ping(_) => "Ping",
-        Frame::Pong(_) => "Pong",
-        Frame::StreamData { .. } => "StreamData",
-        Frame::StreamCredit { .. } => "StreamCredit",
-        Frame::StreamClose { .. } => "StreamClose",
-        Frame::Join { .. } => "Join",
-        Frame::Joined { .. } => "Joined",
-        Frame::Refused { .. } => "Refused",
-        Frame::NodeConfig(_) => "NodeConfig",
-        Frame::PodSet(_) => "PodSet",
-        Frame::PodUpsert(_) => "PodUpsert",
-        Frame::PodRemove { .. } => "PodRemove",
-        Frame::StreamOpen { .. } => "StreamOpen",
-        Frame::NodeReport(_) => "NodeReport",
-        Frame::PodStatus(_) => "PodStatus",
-        Frame::Event(_) => "Event",
-    }
 }

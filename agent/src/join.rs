@@ -105,7 +105,7 @@ pub async fn join(
         Some(Frame::Refused { reason }) => Err(JoinError::Refused(reason)),
         Some(other) => Err(JoinError::Transport(anyhow!(
             "the controller answered the join with {}",
-            dial::frame_name(&other)
+            other.name()
         ))),
         None => Err(JoinError::Transport(anyhow!(
             "the controller closed the connection without answering the join"

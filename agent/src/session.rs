@@ -221,7 +221,7 @@ async fn read_loop<W: Workload>(
             Frame::StreamClose { stream, .. } => streams.close(stream),
             Frame::Refused { reason } => bail!("the controller ended the session: {reason}"),
             other => tracing::warn!(
-                frame = dial::frame_name(&other),
+                frame = other.name(),
                 "ignoring an unexpected frame from the controller"
             ),
         }

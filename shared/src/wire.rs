@@ -99,6 +99,32 @@ pub enum Frame {
     Event(AgentEvent),
 }
 
+impl Frame {
+    /// The variant's name, for log lines and errors (never the content: a frame may
+    /// hold secrets).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::Ping(_) => "Ping",
+            Frame::Pong(_) => "Pong",
+            Frame::StreamData { .. } => "StreamData",
+            Frame::StreamCredit { .. } => "StreamCredit",
+            Frame::StreamClose { .. } => "StreamClose",
+            Frame::Join { .. } => "Join",
+            Frame::Joined { .. } => "Joined",
+            Frame::Refused { .. } => "Refused",
+            Frame::NodeConfig(_) => "NodeConfig",
+            Frame::PodSet(_) => "PodSet",
+            Frame::PodUpsert(_) => "PodUpsert",
+            Frame::PodRemove { .. } => "PodRemove",
+            Frame::StreamOpen { .. } => "StreamOpen",
+            Frame::NodeReport(_) => "NodeReport",
+            Frame::PodStatus(_) => "PodStatus",
+            Frame::Event(_) => "Event",
+        }
+    }
+}
+
 /// An event the agent records about one of its pods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentEvent {
@@ -248,6 +274,7 @@ mod tests {
             }),
         ];
         for frame in frames {
+            assert!(format!("{frame:?}").starts_with(frame.name()), "{frame:?}");
             let bytes = encode(&frame).unwrap();
             assert_eq!(decode(&bytes).unwrap(), (frame, bytes.len()));
         }

@@ -4,7 +4,7 @@
 
 use super::Hub;
 use super::codec::{self, ReadError};
-use super::listen::{frame_name, refuse};
+use super::listen::refuse;
 use crate::pki;
 use anyhow::Result;
 use flotilla_shared::wire::{Frame, Hello};
@@ -47,7 +47,7 @@ where
     else {
         let reason = format!(
             "this link has no node certificate: send Join with the node token first (got {})",
-            frame_name(&frame)
+            frame.name()
         );
         refuse(&mut wr, &reason).await;
         anyhow::bail!(reason);

@@ -110,7 +110,7 @@ async fn handle(
     let hello = match codec::read_frame(&mut rd, limit, HANDSHAKE_TIMEOUT).await {
         Ok(Frame::Hello(h)) => h,
         Ok(other) => {
-            let reason = format!("the first frame must be Hello, not {}", frame_name(&other));
+            let reason = format!("the first frame must be Hello, not {}", other.name());
             refuse(&mut wr, &reason).await;
             anyhow::bail!(reason);
         }
@@ -163,27 +163,4 @@ pub async fn refuse<W: futures_lite::AsyncWrite + Unpin>(wr: &mut W, reason: &st
     )
     .await;
     let _ = futures_lite::AsyncWriteExt::close(wr).await;
-}
-
-/// A frame's variant name, for errors.
-pub fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello(_) => "Hello",
-        Frame::Ping(_) => "Ping",
-        Frame::Pong(_) => "Pong",
-        Frame::StreamData { .. } => "StreamData",
-        Frame::StreamCredit { .. } => "StreamCredit",
-        Frame::StreamClose { .. } => "StreamClose",
-        Frame::Join { .. } => "Join",
-        Frame::Joined { .. } => "Joined",
-        Frame::Refused { .. } => "Refused",
-        Frame::NodeConfig(_) => "NodeConfig",
-        Frame::PodSet(_) => "PodSet",
-        Frame::PodUpsert(_) => "PodUpsert",
-        Frame::PodRemove { .. } => "PodRemove",
-        Frame::StreamOpen { .. } => "StreamOpen",
-        Frame::NodeReport(_) => "NodeReport",
-        Frame::PodStatus(_) => "PodStatus",
-        Frame::Event(_) => "Event",
-    }
 }

@@ -5,7 +5,6 @@
 //! 10 s. Whatever ends first ends the session.
 
 use super::codec::{self, ReadError};
-use super::listen::frame_name;
 use super::{Hub, events, index, node, report, streams};
 use anyhow::Result;
 use flotilla_shared::pod::{NodeConfig, NodeReport, PodReport};
@@ -154,10 +153,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             Frame::Refused { reason } => return format!("the agent refused the session: {reason}"),
             other => {
-                let reason = format!(
-                    "protocol error: an agent does not send {}",
-                    frame_name(&other)
-                );
+                let reason = format!("protocol error: an agent does not send {}", other.name());
                 s.send(Frame::Refused {
                     reason: reason.clone(),
                 });
