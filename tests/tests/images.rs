@@ -642,6 +642,23 @@ fn airgap_folder_is_imported_pinned_and_only_once() {
     );
 }
 
+/// Runs a shell script in a private mount namespace that dies with it; asserts it
+/// succeeds and returns its stdout.
+fn run_with_private_mounts(script: &str) -> String {
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(script);
+    let out = flotilla_tests::sandbox::with_private_mounts(&sh)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A raw tar entry, bypassing the checks of tar::Builder (which refuses `..`).
 fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
     let mut h = tar::Header::new_ustar();
@@ -829,17 +846,7 @@ fn container_runs_on_an_imported_images_overlay_rootfs() {
         b = bundle.display(),
         u = upper.display(),
     );
-    let mut sh = Command::new("sh");
-    sh.arg("-c").arg(&script);
-    let out = flotilla_tests::sandbox::with_private_mounts(&sh)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_with_private_mounts(&script);
     assert!(stdout.contains("overlay-mounted"), "{stdout}");
     assert!(stdout.contains("copy-mounted"), "{stdout}");
     assert!(stdout.contains("container-ok"), "{stdout}");
@@ -914,17 +921,7 @@ fn deep_image_still_mounts_as_overlay() {
         d = store.data().display(),
         r = rootfs.display(),
     );
-    let mut sh = Command::new("sh");
-    sh.arg("-c").arg(&script);
-    let out = flotilla_tests::sandbox::with_private_mounts(&sh)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_with_private_mounts(&script);
     assert!(stdout.contains("overlay-mounted"), "{stdout}");
     assert!(stdout.contains(&format!("layers={DEPTH}")), "{stdout}");
     assert!(
