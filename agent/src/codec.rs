@@ -1,49 +1,29 @@
-//! Reading and writing agent-link frames on an async byte stream: a 4-byte big-endian
-//! length, then the postcard body ([`flotilla_shared::wire`]), bounded by
-//! [`MAX_FRAME_LEN`].
+//! Agent-link frames to and from the controller: the shared frame reader and writer
+//! ([`flotilla_shared::frame_io`]), with errors that say which side did what.
 
-use anyhow::{Context, Result, bail};
-use flotilla_shared::wire::{self, Frame, MAX_FRAME_LEN};
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use anyhow::{Context, Result, anyhow};
+use flotilla_shared::frame_io::{self, ReadError};
+use flotilla_shared::wire::{Frame, MAX_FRAME_LEN};
+use futures_lite::{AsyncRead, AsyncWrite};
 
 /// Reads one frame; `None` when the peer closed the connection between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>> {
-    let mut header = [0u8; 4];
-    let mut got = 0;
-    while got < header.len() {
-        let n = r
-            .read(&mut header[got..])
-            .await
-            .context("reading from the controller")?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            bail!("the controller closed the connection inside a frame header");
-        }
-        got += n;
-    }
-    let len = u32::from_be_bytes(header);
-    if len > MAX_FRAME_LEN {
-        bail!("the controller sent a frame of {len} bytes, over the limit of {MAX_FRAME_LEN}");
-    }
-    let mut buf = vec![0u8; 4 + len as usize];
-    buf[..4].copy_from_slice(&header);
-    r.read_exact(&mut buf[4..])
+    frame_io::read_frame(r, MAX_FRAME_LEN)
         .await
-        .context("the controller closed the connection inside a frame")?;
-    let (frame, _) = wire::decode(&buf)?;
-    Ok(Some(frame))
+        .map_err(|e| match e {
+            ReadError::TooLarge(len, limit) => {
+                anyhow!("the controller sent a frame of {len} bytes, over the limit of {limit}")
+            }
+            ReadError::Truncated => anyhow!("the controller closed the connection inside a frame"),
+            other => anyhow!(other).context("reading from the controller"),
+        })
 }
 
 /// Writes one frame and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<()> {
-    let bytes = wire::encode(frame)?;
-    w.write_all(&bytes)
+    frame_io::write_frame(w, frame)
         .await
-        .context("writing to the controller")?;
-    w.flush().await.context("writing to the controller")?;
-    Ok(())
+        .context("writing to the controller")
 }
 
 #[cfg(test)]
@@ -78,7 +58,7 @@ mod tests {
     #[test]
     fn truncated_and_oversized_frames_are_errors() {
         smol::block_on(async {
-            let bytes = wire::encode(&Frame::Pong(1)).unwrap();
+            let bytes = flotilla_shared::wire::encode(&Frame::Pong(1)).unwrap();
             let mut cut = futures_lite::io::Cursor::new(bytes[..bytes.len() - 1].to_vec());
             let err = read_frame(&mut cut).await.unwrap_err();
             assert!(err.to_string().contains("inside a frame"), "{err}");

@@ -1,9 +1,10 @@
-//! Frame I/O on the agent link: length-prefixed postcard frames ([`flotilla_shared::wire`])
-//! read from and written to any async byte stream, with a per-read size limit so an
-//! unauthenticated peer cannot make the hub allocate large buffers.
+//! Frame I/O on the hub's side of the agent link: the shared frame reader
+//! ([`flotilla_shared::frame_io`]) with a per-read size limit, so an unauthenticated
+//! peer cannot make the hub allocate large buffers, and a time limit; the hub's hello.
 
+use flotilla_shared::frame_io;
 use flotilla_shared::wire::{self, Frame, Hello, PROTOCOL_VERSION};
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::AsyncRead;
 use std::time::Duration;
 
 /// Largest frame accepted before a peer has authenticated (join links).
@@ -31,24 +32,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     timeout: Duration,
 ) -> Result<Frame, ReadError> {
     let read = async {
-        let mut header = [0u8; 4];
-        match r.read_exact(&mut header).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(ReadError::Closed);
-            }
-            Err(e) => return Err(e.into()),
+        match frame_io::read_frame(r, limit).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) | Err(frame_io::ReadError::Truncated) => Err(ReadError::Closed),
+            Err(frame_io::ReadError::TooLarge(len, limit)) => Err(ReadError::TooLarge(len, limit)),
+            Err(frame_io::ReadError::Wire(e)) => Err(ReadError::Wire(e)),
+            Err(frame_io::ReadError::Io(e)) => Err(ReadError::Io(e)),
         }
-        let len = u32::from_be_bytes(header);
-        let limit = limit.min(wire::MAX_FRAME_LEN);
-        if len > limit {
-            return Err(ReadError::TooLarge(len, limit));
-        }
-        let mut buf = vec![0u8; 4 + len as usize];
-        buf[..4].copy_from_slice(&header);
-        r.read_exact(&mut buf[4..]).await?;
-        let (frame, _) = wire::decode(&buf)?;
-        Ok(frame)
     };
     futures_lite::future::or(read, async {
         smol::Timer::after(timeout).await;
@@ -57,12 +47,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     .await
 }
 
-/// Writes one frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std::io::Result<()> {
-    let bytes = wire::encode(frame).map_err(std::io::Error::other)?;
-    w.write_all(&bytes).await?;
-    w.flush().await
-}
+pub use frame_io::write_frame;
 
 /// The hub's hello.
 pub fn hello() -> Frame {
