@@ -8,6 +8,7 @@
 //! - [`sandbox`]: network namespaces per simulated node, a LAN bridge between them,
 //!   private mount namespaces, and a snapshot of the root namespace to compare;
 //! - [`cgroup`]: a per-test cgroup parent, removed on drop;
+//! - [`cluster`]: a real controller and real agents, each node in its own namespace on a LAN;
 //! - [`kube`]: the real kubectl and a controller on loopback;
 //! - [`registry`]: a test OCI registry (Debian's docker-registry) filled by skopeo;
 //! - [`dns`]: a stub DNS server answering from a fixed table;
@@ -46,6 +47,7 @@
 //! ```
 
 pub mod cgroup;
+pub mod cluster;
 pub mod command;
 pub mod dns;
 pub mod fixtures;

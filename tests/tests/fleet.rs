@@ -1,0 +1,428 @@
+//! End-to-end tests of the scheduler and controllers with real agents: one real
+//! controller and real `flotilla-agent run` nodes, each in its own network namespace on
+//! a test LAN with its own data dir, cgroup parent, node name and labels, running
+//! busybox pods from the air-gap archive, driven by the real kubectl. One cluster is
+//! shared by the checks, in order:
+//! 1. placement: a Deployment spreads one pod per node and every pod runs (as the
+//!    agents report it); a nodeSelector on an agent's `--node-label` places pods only
+//!    there; a pod asking for more cpu than any node has gets kube-scheduler's message;
+//! 2. node loss: an agent killed with SIGKILL turns its Node Unknown with the
+//!    unreachable NoExecute taint, its deployment pod is recreated elsewhere and runs;
+//!    started again, the node is Ready, the taint goes and the agent stops the evicted
+//!    pod's container;
+//! 3. a DaemonSet runs a pod on every agent, and on an agent that joins later;
+//! 4. a Job with parallelism 2 and completions 4 completes with real containers;
+//!    deleting everything leaves every node's runtime empty.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use flotilla_tests::cluster::{
+    Cluster, IMAGE, container_id, has_taint, node_ready, pod_node, pod_running,
+};
+use flotilla_tests::require_root;
+use serde_json::Value;
+
+/// A node silent this long turns Unknown; the hub renews Leases every 10 s.
+const GRACE: &str = "--node-monitor-grace-period=20s";
+/// Pods leave an unreachable node this long after it turns Unknown.
+const TOLERATION: &str = "--default-unreachable-toleration-seconds=2";
+
+/// A container that runs until told to stop, and stops at once on SIGTERM.
+const SERVE: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+fn deployment(name: &str, replicas: u32, selector: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      nodeSelector: {{{selector}}}
+      containers:
+      - name: main
+        image: {IMAGE}
+        imagePullPolicy: Never
+        command: ["sh", "-c", {SERVE:?}]
+        resources:
+          requests: {{cpu: 100m, memory: 16Mi}}
+"#
+    )
+}
+
+/// Pods of `app=<app>` that are not being deleted.
+fn live_pods(cluster: &Cluster, app: &str) -> Vec<Value> {
+    cluster
+        .items(&["get", "pods", "-l", &format!("app={app}")])
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+/// Pod counts per node.
+fn per_node(pods: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for p in pods {
+        *counts.entry(pod_node(p).to_string()).or_default() += 1;
+    }
+    counts
+}
+
+fn name(v: &Value) -> &str {
+    v["metadata"]["name"].as_str().unwrap_or("")
+}
+
+/// True when every pod runs and the agent of its node holds its container.
+fn running_on_their_agents(cluster: &Cluster, pods: &[Value]) -> bool {
+    pods.iter().all(|p| {
+        pod_running(p)
+            && container_id(p).is_some_and(|id| {
+                cluster
+                    .agents()
+                    .iter()
+                    .find(|a| a.name() == pod_node(p))
+                    .is_some_and(|a| a.containers().iter().any(|c| c == id))
+            })
+    })
+}
+
+#[test]
+fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
+    require_root!();
+    let mut cluster = Cluster::start("fleet", &[GRACE, TOLERATION]);
+    cluster.add_agent("fleet-a", &["site=north", "fleet.example/rack=r1"]);
+    cluster.add_agent("fleet-b", &["site=south", "fleet.example/rack=r2"]);
+    cluster.add_agent("fleet-c", &["site=south", "fleet.example/rack=r3"]);
+    let three: BTreeSet<String> = ["fleet-a", "fleet-b", "fleet-c"].map(String::from).into();
+    cluster.until("three Ready nodes", Duration::from_secs(60), || {
+        let nodes = cluster.items(&["get", "nodes"]);
+        nodes.len() == 3 && nodes.iter().all(|n| node_ready(n) == "True")
+    });
+    let a = cluster.json(&["get", "node", "fleet-a"]).unwrap();
+    assert_eq!(a["metadata"]["labels"]["site"], "north");
+    assert_eq!(a["metadata"]["labels"]["fleet.example/rack"], "r1");
+    assert_eq!(
+        a["status"]["addresses"][0],
+        serde_json::json!({"type": "InternalIP", "address": "10.99.0.11"})
+    );
+
+    let started = std::time::Instant::now();
+    placement(&cluster, &three);
+    eprintln!("placement checked at {:?}", started.elapsed());
+    node_loss(&mut cluster, &three);
+    eprintln!("node loss checked at {:?}", started.elapsed());
+    daemonset(&mut cluster);
+    eprintln!("daemonset checked at {:?}", started.elapsed());
+    job(&cluster);
+    eprintln!("job checked at {:?}", started.elapsed());
+
+    // Deleting the workloads stops every container on every node.
+    cluster.ok(
+        &[
+            "delete",
+            "deployment/web",
+            "deployment/north",
+            "daemonset/probe",
+            "job/batch",
+            "--wait=false",
+        ],
+        None,
+    );
+    cluster.until(
+        "every node's runtime empty",
+        Duration::from_secs(60),
+        || cluster.agents().iter().all(|a| a.containers().is_empty()),
+    );
+    cluster.until("no pods left", Duration::from_secs(30), || {
+        cluster.items(&["get", "pods"]).is_empty()
+    });
+}
+
+/// Check 1: spreading, nodeSelector, and the unschedulable message.
+fn placement(cluster: &Cluster, three: &BTreeSet<String>) {
+    cluster.apply(&deployment("web", 3, ""));
+    cluster.until(
+        "web's 3 pods Running, one per node",
+        Duration::from_secs(90),
+        || {
+            let pods = live_pods(cluster, "web");
+            pods.len() == 3
+                && per_node(&pods).keys().cloned().collect::<BTreeSet<_>>() == *three
+                && running_on_their_agents(cluster, &pods)
+        },
+    );
+    cluster.ok(
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+        None,
+    );
+    // kubectl exec reaches each pod through its own node's link.
+    for p in live_pods(cluster, "web") {
+        let out = cluster.ok(&["exec", name(&p), "--", "cat", "/etc/hostname"], None);
+        assert_eq!(out.trim(), name(&p), "exec on {}", pod_node(&p));
+    }
+
+    // Only fleet-a carries site=north.
+    cluster.apply(&deployment("north", 2, "site: north"));
+    cluster.until(
+        "north's 2 pods Running on fleet-a",
+        Duration::from_secs(90),
+        || {
+            let pods = live_pods(cluster, "north");
+            pods.len() == 2 && running_on_their_agents(cluster, &pods)
+        },
+    );
+    let north = live_pods(cluster, "north");
+    assert!(
+        north.iter().all(|p| pod_node(p) == "fleet-a"),
+        "nodeSelector site=north: {:?}",
+        per_node(&north)
+    );
+
+    // No node has a thousand CPUs.
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: huge
+spec:
+  containers:
+  - name: main
+    image: {IMAGE}
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+    resources:
+      requests: {{cpu: "1000"}}
+"#
+    ));
+    // kube-scheduler's wording, its preemption sentence included.
+    let message = "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are \
+                   available: 3 Preemption is not helpful for scheduling..";
+    cluster.until("huge to be unschedulable", Duration::from_secs(30), || {
+        cluster.json(&["get", "pod", "huge"]).is_some_and(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "PodScheduled"
+                        && c["status"] == "False"
+                        && c["reason"] == "Unschedulable"
+                        && c["message"] == message
+                })
+        })
+    });
+    let huge = cluster.json(&["get", "pod", "huge"]).unwrap();
+    assert_eq!(pod_node(&huge), "", "huge stays unbound");
+    let events = cluster.ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=huge,reason=FailedScheduling",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        None,
+    );
+    assert!(
+        events.contains(message),
+        "FailedScheduling events: {events}"
+    );
+    cluster.ok(&["delete", "pod", "huge", "--wait=true"], None);
+}
+
+/// Check 2: an agent killed by SIGKILL, its pod moved, then the agent back.
+fn node_loss(cluster: &mut Cluster, three: &BTreeSet<String>) {
+    let lost = "fleet-c";
+    let victim = live_pods(cluster, "web")
+        .into_iter()
+        .find(|p| pod_node(p) == lost)
+        .expect("a web pod on fleet-c");
+    let victim_name = name(&victim).to_string();
+    let victim_container = container_id(&victim).unwrap().to_string();
+
+    cluster.agent_mut(lost).kill();
+    let state = cluster
+        .agent(lost)
+        .container_state(&victim_container)
+        .expect("the runtime still holds the container");
+    assert_eq!(state["status"], "running", "it outlives its agent: {state}");
+    let pid = state["pid"].as_i64().expect("a pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    cluster.until(
+        "fleet-c Unknown with the unreachable NoExecute taint",
+        Duration::from_secs(60),
+        || {
+            cluster.json(&["get", "node", lost]).is_some_and(|n| {
+                node_ready(&n) == "Unknown" && has_taint(&n, UNREACHABLE, "NoExecute")
+            })
+        },
+    );
+    for other in three.iter().filter(|n| *n != lost) {
+        let n = cluster.json(&["get", "node", other]).unwrap();
+        assert_eq!(node_ready(&n), "True", "{other} stays Ready");
+        assert!(
+            !has_taint(&n, UNREACHABLE, "NoExecute"),
+            "{other} untainted"
+        );
+    }
+    cluster.until(
+        "web's pod recreated and Running on another node",
+        Duration::from_secs(60),
+        || {
+            let pods = live_pods(cluster, "web");
+            pods.len() == 3
+                && pods
+                    .iter()
+                    .all(|p| pod_node(p) != lost && name(p) != victim_name)
+                && running_on_their_agents(cluster, &pods)
+        },
+    );
+
+    // Back again: Ready, untainted, and the evicted pod's container is stopped.
+    cluster.restart_agent(lost);
+    cluster.until(
+        "fleet-c Ready again without the taint",
+        Duration::from_secs(60),
+        || {
+            cluster.json(&["get", "node", lost]).is_some_and(|n| {
+                node_ready(&n) == "True" && !has_taint(&n, UNREACHABLE, "NoExecute")
+            })
+        },
+    );
+    cluster.until(
+        "the evicted pod's container gone from fleet-c",
+        Duration::from_secs(60),
+        || !cluster.agent(lost).containers().contains(&victim_container),
+    );
+    assert!(
+        cluster
+            .agent(lost)
+            .container_state(&victim_container)
+            .is_none()
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "its process has ended"
+    );
+    cluster.until(
+        "the evicted pod gone from the API",
+        Duration::from_secs(30),
+        || cluster.json(&["get", "pod", &victim_name]).is_none(),
+    );
+    let pods = live_pods(cluster, "web");
+    assert_eq!(pods.len(), 3);
+    assert!(running_on_their_agents(cluster, &pods));
+}
+
+/// Check 3: a DaemonSet on every agent, also one that joins later.
+fn daemonset(cluster: &mut Cluster) {
+    cluster.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: probe
+spec:
+  selector:
+    matchLabels: {{app: probe}}
+  template:
+    metadata:
+      labels: {{app: probe}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: main
+        image: {IMAGE}
+        imagePullPolicy: Never
+        command: ["sh", "-c", {SERVE:?}]
+"#
+    ));
+    let on_every_node = |cluster: &Cluster, n: usize| {
+        let pods = live_pods(cluster, "probe");
+        let counts = per_node(&pods);
+        pods.len() == n
+            && counts.len() == n
+            && counts.keys().all(|k| !k.is_empty())
+            && running_on_their_agents(cluster, &pods)
+    };
+    cluster.until(
+        "a Running probe pod on each of 3 nodes",
+        Duration::from_secs(90),
+        || on_every_node(cluster, 3),
+    );
+    cluster.add_agent("fleet-d", &["site=east"]);
+    cluster.until(
+        "a Running probe pod on the 4th node too",
+        Duration::from_secs(90),
+        || on_every_node(cluster, 4),
+    );
+    let pods = live_pods(cluster, "probe");
+    assert!(pods.iter().any(|p| pod_node(p) == "fleet-d"));
+    cluster.until("the DaemonSet's status", Duration::from_secs(30), || {
+        cluster
+            .json(&["get", "daemonset", "probe"])
+            .is_some_and(|d| d["status"]["numberReady"] == 4)
+    });
+    let ds = cluster.json(&["get", "daemonset", "probe"]).unwrap();
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 4, "{ds}");
+}
+
+/// Check 4: a Job with parallelism 2 and completions 4.
+fn job(cluster: &Cluster) {
+    cluster.apply(&format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: batch
+spec:
+  parallelism: 2
+  completions: 4
+  backoffLimit: 0
+  template:
+    metadata:
+      labels: {{app: batch}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: main
+        image: {IMAGE}
+        imagePullPolicy: Never
+        command: ["sh", "-c", "sleep 1; echo done"]
+"#
+    ));
+    let mut most_active = 0;
+    cluster.until("the job to complete", Duration::from_secs(120), || {
+        let Some(job) = cluster.json(&["get", "job", "batch"]) else {
+            return false;
+        };
+        most_active = most_active.max(job["status"]["active"].as_u64().unwrap_or(0));
+        job["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Complete" && c["status"] == "True")
+    });
+    let job = cluster.json(&["get", "job", "batch"]).unwrap();
+    assert_eq!(job["status"]["succeeded"], 4, "{}", job["status"]);
+    assert!(job["status"]["failed"].as_u64().unwrap_or(0) == 0);
+    assert!(most_active <= 2, "parallelism 2, saw {most_active} active");
+    let pods = cluster.items(&["get", "pods", "-l", "app=batch"]);
+    assert_eq!(pods.len(), 4, "one pod per completion");
+    for p in &pods {
+        assert_eq!(p["status"]["phase"], "Succeeded", "{}", p["status"]);
+        let terminated = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(terminated["exitCode"], 0, "{terminated}");
+        assert_eq!(terminated["reason"], "Completed", "{terminated}");
+    }
+    assert_eq!(cluster.ok(&["logs", name(&pods[0])], None), "done\n");
+}
