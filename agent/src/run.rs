@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use flotilla_shared::wire::Frame;
+use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,14 +15,21 @@ use crate::daemon::{self, Settings};
 use crate::node_report::ReportConfig;
 use crate::{airgap, identity};
 
+/// The log filter without RUST_LOG: the agent's own news, and only libcgroups'
+/// warnings, without the lines it repeats for every container it manages ("cgroup
+/// manager V1 will be used", "cgroup hugetlb not supported on this system").
+const DEFAULT_LOG: &str = "info,libcgroups=warn,libcgroups::v1::manager=error";
+
 /// Entry point of `flotilla-agent run`.
 pub fn main(args: RunArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in files or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,7 +72,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
     )
     .context("starting the pod manager")?;
-    tracing::info!(node = %node_name, pods = pods.reports().len(), "pod manager started from local state");
+    tracing::info!(node = %node_name, pods = pods.pod_count(), "pod manager started from local state");
     let settings = Settings {
         server: args.server,
         token: args.token,
@@ -93,4 +101,12 @@ fn run(args: RunArgs) -> Result<()> {
         });
         daemon::serve(Arc::new(pods), frames, settings).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_log_filter_parses() {
+        tracing_subscriber::EnvFilter::try_new(super::DEFAULT_LOG).unwrap();
+    }
 }

@@ -180,6 +180,17 @@ impl Pods {
         worker::remove(&self.inner, uid);
     }
 
+    /// How many pods this node holds: desired ones and those still being stopped
+    /// (right after [`Pods::start`], the pods restored from local state, before any
+    /// of them has a report).
+    pub fn pod_count(&self) -> usize {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// All current reports.
     pub fn reports(&self) -> Vec<PodReport> {
         let mut v: Vec<PodReport> = self
