@@ -134,7 +134,8 @@ impl Agent {
         for label in &self.labels {
             cmd.args(["--node-label", label]);
         }
-        cmd.env("RUST_LOG", "info");
+        // The agent's default log filter, as an operator sees it.
+        cmd.env_remove("RUST_LOG");
         if let Some(token) = token {
             cmd.env("FLOTILLA_TOKEN", token);
         }

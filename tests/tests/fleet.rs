@@ -21,6 +21,7 @@ use flotilla_tests::cluster::{
     Cluster, IMAGE, container_id, has_taint, node_ready, pod_node, pod_running,
 };
 use flotilla_tests::require_root;
+use flotilla_tests::sandbox::root_netns_snapshot;
 use serde_json::Value;
 
 /// A node silent this long turns Unknown; the hub renews Leases every 10 s.
@@ -99,6 +100,7 @@ fn running_on_their_agents(cluster: &Cluster, pods: &[Value]) -> bool {
 #[test]
 fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
     require_root!();
+    let root_before = root_netns_snapshot();
     let mut cluster = Cluster::start("fleet", &[GRACE, TOLERATION]);
     cluster.add_agent("fleet-a", &["site=north", "fleet.example/rack=r1"]);
     cluster.add_agent("fleet-b", &["site=south", "fleet.example/rack=r2"]);
@@ -108,6 +110,11 @@ fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
         let nodes = cluster.items(&["get", "nodes"]);
         nodes.len() == 3 && nodes.iter().all(|n| node_ready(n) == "True")
     });
+    let log = cluster.agent("fleet-a").output();
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log file:\n{log}"
+    );
     let a = cluster.json(&["get", "node", "fleet-a"]).unwrap();
     assert_eq!(a["metadata"]["labels"]["site"], "north");
     assert_eq!(a["metadata"]["labels"]["fleet.example/rack"], "r1");
@@ -119,10 +126,12 @@ fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
     let started = std::time::Instant::now();
     placement(&cluster, &three);
     eprintln!("placement checked at {:?}", started.elapsed());
+    daemonset(&cluster);
+    eprintln!("daemonset checked at {:?}", started.elapsed());
     node_loss(&mut cluster, &three);
     eprintln!("node loss checked at {:?}", started.elapsed());
-    daemonset(&mut cluster);
-    eprintln!("daemonset checked at {:?}", started.elapsed());
+    node_joins(&mut cluster);
+    eprintln!("node join checked at {:?}", started.elapsed());
     job(&cluster);
     eprintln!("job checked at {:?}", started.elapsed());
 
@@ -146,6 +155,12 @@ fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
     cluster.until("no pods left", Duration::from_secs(30), || {
         cluster.items(&["get", "pods"]).is_empty()
     });
+    drop(cluster);
+    assert_eq!(
+        root_netns_snapshot(),
+        root_before,
+        "the host's network namespace is unchanged"
+    );
 }
 
 /// Check 1: spreading, nodeSelector, and the unschedulable message.
@@ -250,6 +265,13 @@ fn node_loss(cluster: &mut Cluster, three: &BTreeSet<String>) {
         .expect("a web pod on fleet-c");
     let victim_name = name(&victim).to_string();
     let victim_container = container_id(&victim).unwrap().to_string();
+    // The DaemonSet's pod there tolerates the unreachable taint: it stays.
+    let daemon = live_pods(cluster, "probe")
+        .into_iter()
+        .find(|p| pod_node(p) == lost)
+        .expect("a probe pod on fleet-c");
+    let daemon_name = name(&daemon).to_string();
+    let daemon_container = container_id(&daemon).unwrap().to_string();
 
     cluster.agent_mut(lost).kill();
     let state = cluster
@@ -277,6 +299,15 @@ fn node_loss(cluster: &mut Cluster, three: &BTreeSet<String>) {
         );
     }
     cluster.until(
+        "the daemon pod on fleet-c marked not Ready",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .json(&["get", "pod", &daemon_name])
+                .is_some_and(|p| pod_condition(&p, "Ready") == "False")
+        },
+    );
+    cluster.until(
         "web's pod recreated and Running on another node",
         Duration::from_secs(60),
         || {
@@ -291,6 +322,11 @@ fn node_loss(cluster: &mut Cluster, three: &BTreeSet<String>) {
 
     // Back again: Ready, untainted, and the evicted pod's container is stopped.
     cluster.restart_agent(lost);
+    let log = cluster.agent(lost).output();
+    assert!(
+        log.contains("pod manager started from local state node=fleet-c pods=2"),
+        "the agent restores the web and probe pods from local state, and says so:\n{log}"
+    );
     cluster.until(
         "fleet-c Ready again without the taint",
         Duration::from_secs(60),
@@ -323,10 +359,41 @@ fn node_loss(cluster: &mut Cluster, three: &BTreeSet<String>) {
     let pods = live_pods(cluster, "web");
     assert_eq!(pods.len(), 3);
     assert!(running_on_their_agents(cluster, &pods));
+    // The daemon pod stayed through the outage: the returning agent adopts its
+    // container (no restart) and reports it Ready again.
+    cluster.until(
+        "the daemon pod on fleet-c Ready again",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .json(&["get", "pod", &daemon_name])
+                .is_some_and(|p| pod_condition(&p, "Ready") == "True" && pod_running(&p))
+        },
+    );
+    let daemon = cluster.json(&["get", "pod", &daemon_name]).unwrap();
+    assert_eq!(container_id(&daemon), Some(daemon_container.as_str()));
+    assert_eq!(
+        daemon["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{}",
+        daemon["status"]
+    );
+    assert!(running_on_their_agents(cluster, &[daemon]));
 }
 
-/// Check 3: a DaemonSet on every agent, also one that joins later.
-fn daemonset(cluster: &mut Cluster) {
+/// The status of a pod's condition `type_` ("" when it has none).
+fn pod_condition(pod: &Value, type_: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Check 3: a DaemonSet runs a pod on every agent.
+fn daemonset(cluster: &Cluster) {
     cluster.apply(&format!(
         r#"apiVersion: apps/v1
 kind: DaemonSet
@@ -347,24 +414,30 @@ spec:
         command: ["sh", "-c", {SERVE:?}]
 "#
     ));
-    let on_every_node = |cluster: &Cluster, n: usize| {
-        let pods = live_pods(cluster, "probe");
-        let counts = per_node(&pods);
-        pods.len() == n
-            && counts.len() == n
-            && counts.keys().all(|k| !k.is_empty())
-            && running_on_their_agents(cluster, &pods)
-    };
     cluster.until(
         "a Running probe pod on each of 3 nodes",
         Duration::from_secs(90),
-        || on_every_node(cluster, 3),
+        || daemon_on_every_node(cluster, 3),
     );
+}
+
+/// One Running `probe` pod on each of `n` nodes, held by that node's agent.
+fn daemon_on_every_node(cluster: &Cluster, n: usize) -> bool {
+    let pods = live_pods(cluster, "probe");
+    let counts = per_node(&pods);
+    pods.len() == n
+        && counts.len() == n
+        && counts.keys().all(|k| !k.is_empty())
+        && running_on_their_agents(cluster, &pods)
+}
+
+/// Check 3, continued: an agent that joins later gets the DaemonSet's pod.
+fn node_joins(cluster: &mut Cluster) {
     cluster.add_agent("fleet-d", &["site=east"]);
     cluster.until(
         "a Running probe pod on the 4th node too",
         Duration::from_secs(90),
-        || on_every_node(cluster, 4),
+        || daemon_on_every_node(cluster, 4),
     );
     let pods = live_pods(cluster, "probe");
     assert!(pods.iter().any(|p| pod_node(p) == "fleet-d"));
