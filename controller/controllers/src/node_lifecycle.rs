@@ -123,6 +123,25 @@ impl NodeLifecycle {
         pods: &[Pod],
         now: Timestamp,
     ) -> Vec<Action> {
+        let on = |node: &str| -> Vec<Pod> {
+            pods.iter()
+                .filter(|p| pods::node_name(p) == Some(node))
+                .cloned()
+                .collect()
+        };
+        self.reconcile_by_node(nodes, leases, &on, now)
+    }
+
+    /// The same pass, asking `pods_on(node)` for the pods bound to a node only when it
+    /// needs them (a node turning Unknown, or carrying `NoExecute` taints), so a healthy
+    /// cluster's pass looks at no pod.
+    pub fn reconcile_by_node(
+        &mut self,
+        nodes: &[Node],
+        leases: &[Lease],
+        pods_on: &dyn Fn(&str) -> Vec<Pod>,
+        now: Timestamp,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut next_check: Option<i64> = None;
         let mut wake = |at: i64| next_check = Some(next_check.map_or(at, |n: i64| n.min(at)));
@@ -183,7 +202,7 @@ impl NodeLifecycle {
                         "NodeNotReady",
                         format!("Node {name} status is now: NodeNotReady"),
                     )));
-                    for p in pods.iter().filter(|p| {
+                    for p in pods_on(name).iter().filter(|p| {
                         pods::node_name(p) == Some(name) && pods::is_active(p) && pods::is_ready(p)
                     }) {
                         actions.push(Action::SetPodCondition {
@@ -265,7 +284,7 @@ impl NodeLifecycle {
             if no_execute.is_empty() {
                 continue;
             }
-            for p in pods
+            for p in pods_on(name)
                 .iter()
                 .filter(|p| pods::node_name(p) == Some(name) && pods::is_active(p))
             {

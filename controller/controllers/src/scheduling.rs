@@ -1,6 +1,7 @@
 //! The scheduler's decision for one pod turned into actions: bind it and record
 //! `Scheduled`, or write `PodScheduled=False` and record `FailedScheduling` — the
-//! messages kube-scheduler writes. The driver retries unschedulable pods when
+//! messages kube-scheduler writes, once per verdict (a retry that reaches the same
+//! message does nothing). The driver retries unschedulable pods when
 //! [`Cluster::version`] moves.
 
 use flotilla_scheduler::Cluster;
@@ -41,20 +42,19 @@ pub fn schedule(cluster: &mut Cluster, pod: &Pod, now: Timestamp) -> Vec<Action>
                 .is_some_and(|c| {
                     c.status == "False" && c.message.as_deref() == Some(message.as_str())
                 });
-            let mut actions = Vec::new();
-            if !unchanged {
-                actions.push(Action::SetPodCondition {
+            // The same verdict again changes nothing and says nothing new (kube-scheduler's
+            // event recorder folds repeats too).
+            if unchanged {
+                return Vec::new();
+            }
+            vec![
+                Action::SetPodCondition {
                     namespace: ns,
                     name,
                     condition,
-                });
-            }
-            actions.push(Action::Event(Event::warning(
-                me,
-                "FailedScheduling",
-                message,
-            )));
-            actions
+                },
+                Action::Event(Event::warning(me, "FailedScheduling", message)),
+            ]
         }
     }
 }
@@ -106,7 +106,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_condition_is_not_rewritten() {
+    fn an_unchanged_verdict_is_neither_rewritten_nor_reported_again() {
         let mut c = Cluster::from_objects(&[node("n1")], &[]);
         let mut p = pod("big", "2");
         let a = schedule(&mut c, &p, at("2026-01-01T00:00:00Z"));
@@ -118,6 +118,11 @@ mod tests {
             ..Default::default()
         });
         let a = schedule(&mut c, &p, at("2026-01-01T00:01:00Z"));
-        assert!(matches!(&a[..], [Action::Event(e)] if e.reason == "FailedScheduling"));
+        assert!(a.is_empty(), "no condition rewrite and no new event: {a:?}");
+        // A different verdict (another node joined, still too small) is written again.
+        c.upsert_node(&node("n2"));
+        let a = schedule(&mut c, &p, at("2026-01-01T00:02:00Z"));
+        assert!(matches!(&a[0], Action::SetPodCondition { .. }), "{a:?}");
+        assert!(matches!(&a[1], Action::Event(e) if e.reason == "FailedScheduling"));
     }
 }

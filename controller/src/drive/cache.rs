@@ -1,9 +1,11 @@
 //! Typed caches fed by store watches (kube-rs's reflector): list once, then watch from
 //! the list's revision; a watcher that ends is resumed from its last revision, and a
 //! `Gone` answer (history compacted) means listing again. Every change is handed to a
-//! routing function that turns it into work-queue keys.
+//! routing function that turns it into work-queue keys. Most caches hold k8s-openapi
+//! objects; the pod cache holds compact [`PodRecord`]s.
 
 use super::Ctx;
+use super::podrec::{PodRecord, Specs};
 use crate::api::meta;
 use flotilla_store::{EventKind, StoreError};
 use k8s_openapi::Metadata;
@@ -17,9 +19,62 @@ use std::time::{Duration, Instant};
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
 pub type ObjKey = (String, String);
 
-/// What a cache may hold: a k8s-openapi object type.
+/// A k8s-openapi object type, cached whole.
 pub trait Object: DeserializeOwned + Metadata<Ty = ObjectMeta> + Send + Sync + 'static {}
 impl<T: DeserializeOwned + Metadata<Ty = ObjectMeta> + Send + Sync + 'static> Object for T {}
+
+/// What a cache may hold: decoded from the stored JSON, keyed by namespace and name,
+/// indexed by its controller owner.
+pub trait Cached: Sized + Send + Sync + 'static {
+    /// State every decode of one cache shares (the pod cache's interned specs).
+    type Shared: Default + Send + Sync;
+    /// Decodes a stored object at `revision`.
+    fn decode(value: &[u8], revision: u64, shared: &Self::Shared) -> Option<Self>;
+    /// Its `(namespace, name)`.
+    fn key(&self) -> ObjKey;
+    /// The uid of its controller owner reference.
+    fn controller_uid(&self) -> Option<&str>;
+    /// Its resourceVersion.
+    fn resource_version(&self) -> u64;
+}
+
+impl<T: Object> Cached for T {
+    type Shared = ();
+    fn decode(value: &[u8], revision: u64, _: &()) -> Option<T> {
+        decode(value, revision)
+    }
+    fn key(&self) -> ObjKey {
+        key_of(self.metadata())
+    }
+    fn controller_uid(&self) -> Option<&str> {
+        controller_uid(self.metadata())
+    }
+    fn resource_version(&self) -> u64 {
+        self.metadata()
+            .resource_version
+            .as_deref()
+            .and_then(meta::parse_rv)
+            .unwrap_or(0)
+    }
+}
+
+impl Cached for PodRecord {
+    type Shared = Specs;
+    fn decode(value: &[u8], revision: u64, specs: &Specs) -> Option<PodRecord> {
+        PodRecord::decode(value, revision, specs)
+            .map_err(|e| tracing::warn!(error = %e, "undecodable pod in the store"))
+            .ok()
+    }
+    fn key(&self) -> ObjKey {
+        PodRecord::key(self)
+    }
+    fn controller_uid(&self) -> Option<&str> {
+        self.controller().map(|r| r.uid.as_str())
+    }
+    fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+}
 
 /// Called with the old and new state of every changed object (`None`: absent).
 pub type Route<T> = fn(&Ctx, Option<&T>, Option<&T>);
@@ -34,12 +89,14 @@ struct Inner<T> {
 }
 
 /// The objects of one resource as last seen, with an index by controller owner.
-pub struct Cache<T> {
+pub struct Cache<T: Cached> {
     /// The store's name for the resource (`pods`, `apps/deployments`).
     pub store_name: &'static str,
     inner: RwLock<Inner<T>>,
     /// Every change up to this store revision is in the cache.
     revision: AtomicU64,
+    /// What decodes share.
+    shared: T::Shared,
 }
 
 fn key_of(meta: &ObjectMeta) -> ObjKey {
@@ -58,7 +115,7 @@ pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
         .map(|r| r.uid.as_str())
 }
 
-impl<T: Object> Cache<T> {
+impl<T: Cached> Cache<T> {
     /// An empty cache of the resource stored under `store_name`.
     pub fn new(store_name: &'static str) -> Cache<T> {
         Cache {
@@ -69,6 +126,7 @@ impl<T: Object> Cache<T> {
                 orphans: HashSet::new(),
             }),
             revision: AtomicU64::new(0),
+            shared: T::Shared::default(),
         }
     }
 
@@ -136,15 +194,15 @@ impl<T: Object> Cache<T> {
     }
 
     fn insert(&self, obj: T) -> (Option<Arc<T>>, Arc<T>) {
-        let key = key_of(obj.metadata());
+        let key = obj.key();
         let obj = Arc::new(obj);
         let mut g = self.write();
         let old = g.items.insert(key.clone(), obj.clone());
-        if let Some(uid) = old.as_ref().and_then(|o| controller_uid(o.metadata())) {
+        if let Some(uid) = old.as_ref().and_then(|o| o.controller_uid()) {
             let uid = uid.to_owned();
             unindex(&mut g, &uid, &key);
         }
-        match controller_uid(obj.metadata()) {
+        match obj.controller_uid() {
             Some(uid) => {
                 g.orphans.remove(&key);
                 g.by_owner.entry(uid.to_owned()).or_default().insert(key);
@@ -160,7 +218,7 @@ impl<T: Object> Cache<T> {
         let mut g = self.write();
         let old = g.items.remove(key)?;
         g.orphans.remove(key);
-        if let Some(uid) = controller_uid(old.metadata()) {
+        if let Some(uid) = old.controller_uid() {
             let uid = uid.to_owned();
             unindex(&mut g, &uid, key);
         }
@@ -197,18 +255,18 @@ fn decode<T: Object>(value: &[u8], revision: u64) -> Option<T> {
 
 /// Lists the resource, replaces the cache's contents and routes every difference.
 /// Returns the revision to watch from.
-pub fn relist<T: Object>(ctx: &Ctx, cache: &Cache<T>, route: Route<T>) -> Result<u64, StoreError> {
+pub fn relist<T: Cached>(ctx: &Ctx, cache: &Cache<T>, route: Route<T>) -> Result<u64, StoreError> {
     let page = ctx.api.store.list(cache.store_name, None, None, None)?;
     let mut seen = HashSet::new();
     for o in &page.items {
-        let Some(obj) = decode::<T>(&o.value, o.revision) else {
+        let Some(obj) = T::decode(&o.value, o.revision, &cache.shared) else {
             continue;
         };
         seen.insert((o.key.namespace.clone(), o.key.name.clone()));
         let (old, new) = cache.insert(obj);
         if old
             .as_ref()
-            .is_none_or(|old| old.metadata().resource_version != new.metadata().resource_version)
+            .is_none_or(|old| old.resource_version() != new.resource_version())
         {
             route(ctx, old.as_deref(), Some(&new));
         }
@@ -230,7 +288,7 @@ pub fn relist<T: Object>(ctx: &Ctx, cache: &Cache<T>, route: Route<T>) -> Result
 }
 
 /// Follows the resource forever from revision `from` (the initial list's).
-pub async fn follow<T: Object>(
+pub async fn follow<T: Cached>(
     ctx: Arc<Ctx>,
     cache: fn(&Ctx) -> &Cache<T>,
     route: Route<T>,
@@ -250,7 +308,9 @@ pub async fn follow<T: Object>(
                             }
                         }
                         EventKind::Added | EventKind::Modified => {
-                            if let Some(obj) = decode::<T>(&ev.object.value, ev.object.revision) {
+                            if let Some(obj) =
+                                T::decode(&ev.object.value, ev.object.revision, &c.shared)
+                            {
                                 let (old, new) = c.insert(obj);
                                 route(&ctx, old.as_deref(), Some(&new));
                             }

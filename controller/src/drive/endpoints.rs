@@ -6,7 +6,9 @@ use super::cache::ObjKey;
 use super::write;
 use crate::api::status::ApiResult;
 use flotilla_controllers::endpoints;
+use flotilla_scheduler::selectors::map_selector_matches;
 use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +21,20 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration>
             None => return Ok(None),
         },
         Some(svc) => {
-            let pods: Vec<Pod> = ctx
-                .pods
-                .list_ns(&key.0)
-                .iter()
-                .map(|p| (**p).clone())
-                .collect();
+            // Only the pods the selector picks become transient Pods (the controller
+            // ignores the others).
+            let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+            let empty = BTreeMap::new();
+            let pods: Vec<Pod> = match selector.filter(|s| !s.is_empty()) {
+                None => Vec::new(),
+                Some(sel) => ctx
+                    .pods
+                    .list_ns(&key.0)
+                    .iter()
+                    .filter(|p| map_selector_matches(sel, p.labels.as_ref().unwrap_or(&empty)))
+                    .map(|p| p.to_pod(true))
+                    .collect(),
+            };
             endpoints::reconcile(&svc, existing.as_deref(), &pods)
         }
     };

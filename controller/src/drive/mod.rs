@@ -3,6 +3,8 @@
 //! every change to the keys it concerns ([`route`]), one loop per controller calling the
 //! pure decision functions of `flotilla-scheduler` and `flotilla-controllers`, and an
 //! executor that writes their actions through the API layer ([`write`], [`events`]).
+//! Pods are cached as compact records with interned specs ([`podrec`]) and handed to
+//! the pure functions as transient `Pod`s.
 //!
 //! Settings are `serve` flags ([`config`]); `--controllers` says which loops run.
 //! ClusterIPs and NodePorts are allocated at admission by `loops::ipalloc`.
@@ -12,6 +14,7 @@ pub mod config;
 pub mod endpoints;
 pub mod events;
 pub mod nodes;
+pub mod podrec;
 pub mod queue;
 pub mod route;
 pub mod scheduler;
@@ -26,7 +29,8 @@ pub use config::Flags;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use podrec::PodRecord;
 use queue::Queue;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -48,7 +52,7 @@ pub struct Queues {
 pub struct Ctx {
     pub api: Arc<Api>,
     pub config: Flags,
-    pub pods: Cache<Pod>,
+    pub pods: Cache<PodRecord>,
     pub nodes: Cache<Node>,
     pub leases: Cache<Lease>,
     pub replicasets: Cache<ReplicaSet>,

@@ -5,11 +5,12 @@
 
 use super::Ctx;
 use super::cache::ObjKey;
+use super::podrec::PodRecord;
 use super::{nodes, scheduler};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 fn key(meta: &ObjectMeta) -> ObjKey {
@@ -24,35 +25,25 @@ fn either<'a, T>(old: Option<&'a T>, new: Option<&'a T>) -> impl Iterator<Item =
 }
 
 /// What of a pod its services' Endpoints depend on.
-fn endpoint_view(p: &Pod) -> impl PartialEq + '_ {
-    let s = p.status.as_ref();
+fn endpoint_view(p: &PodRecord) -> impl PartialEq + '_ {
     (
-        &p.metadata.labels,
-        p.metadata.deletion_timestamp.is_some(),
-        s.and_then(|s| s.pod_ip.as_ref()),
-        s.and_then(|s| s.phase.as_ref()),
-        s.and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| &c.status),
-        p.spec.as_ref().and_then(|s| s.node_name.as_ref()),
+        &p.labels,
+        p.deletion_timestamp.is_some(),
+        &p.pod_ip,
+        &p.phase,
+        p.ready.as_ref().map(|c| &c.status),
+        &p.node_name,
     )
 }
 
 /// A pod changed.
-pub fn pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
+pub fn pod(ctx: &Ctx, old: Option<&PodRecord>, new: Option<&PodRecord>) {
     scheduler::on_pod(ctx, old, new);
     let mut orphan = false;
     for p in either(old, new) {
-        let ns = p.metadata.namespace.clone().unwrap_or_default();
-        let owner = p
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|r| r.controller == Some(true));
-        match owner {
+        match p.controller() {
             Some(r) => {
-                let k = (ns, r.name.clone());
+                let k = (p.namespace.as_ref().to_owned(), r.name.clone());
                 match r.kind.as_str() {
                     "ReplicaSet" => ctx.queues.replicasets.add(k),
                     "DaemonSet" => ctx.queues.daemonsets.add(k),
@@ -64,7 +55,7 @@ pub fn pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
         }
     }
     let some = new.or(old).expect("a change has a side");
-    let ns = some.metadata.namespace.as_deref().unwrap_or("");
+    let ns = &*some.namespace;
     if orphan {
         // ReplicaSets adopt matching orphans.
         for rs in ctx.replicasets.list_ns(ns) {

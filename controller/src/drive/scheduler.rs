@@ -7,10 +7,10 @@
 
 use super::Ctx;
 use super::cache::ObjKey;
+use super::podrec::PodRecord;
 use super::write;
 use flotilla_controllers::{Action, scheduling};
 use flotilla_scheduler::Cluster;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,53 +30,54 @@ pub struct State {
 /// How many pods one pass decides before their bindings go out.
 const BATCH: usize = 512;
 
-fn key(p: &Pod) -> ObjKey {
-    (
-        p.metadata.namespace.clone().unwrap_or_default(),
-        p.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-fn bound(p: &Pod) -> bool {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty())
-}
-
 /// Whether this scheduler should place the pod now.
-fn wants_scheduling(p: &Pod) -> bool {
+fn wants_scheduling(p: &PodRecord) -> bool {
     let ours = p.spec.as_ref().is_some_and(|s| {
         s.scheduler_name
             .as_deref()
             .is_none_or(|n| n == "default-scheduler")
     });
-    let finished = matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
-    ours && !bound(p) && !finished && p.metadata.deletion_timestamp.is_none()
+    ours && !p.bound() && !p.finished() && p.deletion_timestamp.is_none()
+}
+
+/// Takes in a pod's current state: a bound, unfinished pod counts on its node (the
+/// cluster digests its spec), any other is forgotten, as `Cluster::upsert_pod` does.
+fn upsert(cluster: &mut Cluster, p: &PodRecord) {
+    if p.bound() && !p.finished() {
+        cluster.upsert_pod(&p.to_pod(true));
+    } else {
+        let ns = Some(&*p.namespace).filter(|n| !n.is_empty());
+        cluster.remove_pod(ns.unwrap_or("default"), &p.name);
+    }
+}
+
+/// The same spec and labels: what placement depends on.
+fn same_placement_inputs(a: &PodRecord, b: &PodRecord) -> bool {
+    let same_spec = match (&a.spec, &b.spec) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
+        (x, y) => x.is_none() && y.is_none(),
+    };
+    same_spec && a.node_name == b.node_name && a.labels == b.labels
 }
 
 /// Takes in a pod change from the watch.
-pub fn on_pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
+pub fn on_pod(ctx: &Ctx, old: Option<&PodRecord>, new: Option<&PodRecord>) {
     if !ctx.config.controllers.on("scheduler") {
         return;
     }
     let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
     match new {
         Some(p) => {
-            let k = key(p);
-            if bound(p) || !s.assumed.contains(&k) {
+            let k = p.key();
+            if p.bound() || !s.assumed.contains(&k) {
                 s.assumed.remove(&k);
-                s.cluster.upsert_pod(p);
+                upsert(&mut s.cluster, p);
             }
             if wants_scheduling(p) && !s.assumed.contains(&k) {
                 // A pod waiting for the cluster to change is not retried for its own
                 // status updates (such as the PodScheduled=False just written).
-                let same_spec =
-                    old.is_some_and(|o| o.spec == p.spec && o.metadata.labels == p.metadata.labels);
-                if !(s.unschedulable.contains(&k) && same_spec) {
+                let same = old.is_some_and(|o| same_placement_inputs(o, p));
+                if !(s.unschedulable.contains(&k) && same) {
                     ctx.queues.scheduler.add(k);
                 }
             } else {
@@ -85,7 +86,7 @@ pub fn on_pod(ctx: &Ctx, old: Option<&Pod>, new: Option<&Pod>) {
         }
         None => {
             if let Some(p) = old {
-                let k = key(p);
+                let k = p.key();
                 s.assumed.remove(&k);
                 s.unschedulable.remove(&k);
                 s.cluster.remove_pod(&k.0, &k.1);
@@ -151,13 +152,13 @@ pub async fn run(ctx: Arc<Ctx>) {
         {
             let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
             for k in batch {
-                let Some(pod) = ctx.pods.get(&k) else {
+                let Some(rec) = ctx.pods.get(&k) else {
                     continue;
                 };
-                if !wants_scheduling(&pod) || s.assumed.contains(&k) {
+                if !wants_scheduling(&rec) || s.assumed.contains(&k) {
                     continue;
                 }
-                let actions = scheduling::schedule(&mut s.cluster, &pod, now);
+                let actions = scheduling::schedule(&mut s.cluster, &rec.to_pod(true), now);
                 let placed = matches!(actions.first(), Some(Action::BindPod { .. }));
                 if placed {
                     s.assumed.insert(k.clone());
@@ -190,7 +191,7 @@ pub async fn run(ctx: Arc<Ctx>) {
                 s.assumed.remove(&k);
                 s.cluster.remove_pod(&k.0, &k.1);
                 if let Some(p) = ctx.pods.get(&k) {
-                    s.cluster.upsert_pod(&p);
+                    upsert(&mut s.cluster, &p);
                 }
             }
             if e.code == 404 {

@@ -12,9 +12,17 @@ use k8s_openapi::jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn owned_pods(ctx: &Ctx, uid: Option<&str>) -> Vec<Pod> {
-    uid.map(|u| ctx.pods.owned_by(u).iter().map(|p| (**p).clone()).collect())
-        .unwrap_or_default()
+/// Transient pods of the owner with this uid; `spec` false leaves out all of the spec
+/// but `nodeName` (for controllers that read nothing else of it).
+fn owned_pods(ctx: &Ctx, uid: Option<&str>, spec: bool) -> Vec<Pod> {
+    uid.map(|u| {
+        ctx.pods
+            .owned_by(u)
+            .iter()
+            .map(|p| p.to_pod(spec))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 async fn run(
@@ -40,8 +48,9 @@ pub async fn replicaset(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration
     let Some(rs) = ctx.replicasets.get(&key) else {
         return Ok(None);
     };
-    let mut pods = owned_pods(&ctx, rs.metadata.uid.as_deref());
-    pods.extend(ctx.pods.orphans_ns(&key.0).iter().map(|p| (**p).clone()));
+    // The ReplicaSet controller reads of a pod's spec only its nodeName.
+    let mut pods = owned_pods(&ctx, rs.metadata.uid.as_deref(), false);
+    pods.extend(ctx.pods.orphans_ns(&key.0).iter().map(|p| p.to_pod(false)));
     let actions = replicaset::reconcile(&rs, &pods, Timestamp::now());
     run(&ctx, subject("apps", "replicasets", &key), actions).await
 }
@@ -59,7 +68,8 @@ pub async fn deployment(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration
         .unwrap_or_default();
     let mut pods = Vec::new();
     for rs in &sets {
-        pods.extend(owned_pods(&ctx, rs.metadata.uid.as_deref()));
+        // The Deployment controller reads of pods only their owner and phase.
+        pods.extend(owned_pods(&ctx, rs.metadata.uid.as_deref(), false));
     }
     let sets: Vec<_> = sets.iter().map(|rs| (**rs).clone()).collect();
     let actions = deployment::reconcile(&d, &sets, &pods, Timestamp::now());
@@ -72,7 +82,8 @@ pub async fn daemonset(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration>
         return Ok(None);
     };
     let nodes: Vec<Node> = ctx.nodes.list().iter().map(|n| (**n).clone()).collect();
-    let pods = owned_pods(&ctx, ds.metadata.uid.as_deref());
+    // The DaemonSet controller reads an unbound pod's node affinity.
+    let pods = owned_pods(&ctx, ds.metadata.uid.as_deref(), true);
     let actions = daemonset::reconcile(&ds, &nodes, &pods, Timestamp::now());
     run(&ctx, subject("apps", "daemonsets", &key), actions).await
 }
@@ -82,7 +93,8 @@ pub async fn job(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration>> {
     let Some(j) = ctx.jobs.get(&key) else {
         return Ok(None);
     };
-    let pods = owned_pods(&ctx, j.metadata.uid.as_deref());
+    // The Job controller reads its template's spec, not its pods'.
+    let pods = owned_pods(&ctx, j.metadata.uid.as_deref(), false);
     let actions = job::reconcile(&j, &pods, Timestamp::now());
     run(&ctx, subject("batch", "jobs", &key), actions).await
 }
