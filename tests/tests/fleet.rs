@@ -4,15 +4,21 @@
 //! busybox pods from the air-gap archive, driven by the real kubectl. One cluster is
 //! shared by the checks, in order:
 //! 1. placement: a Deployment spreads one pod per node and every pod runs (as the
-//!    agents report it); a nodeSelector on an agent's `--node-label` places pods only
-//!    there; a pod asking for more cpu than any node has gets kube-scheduler's message;
-//! 2. node loss: an agent killed with SIGKILL turns its Node Unknown with the
-//!    unreachable NoExecute taint, its deployment pod is recreated elsewhere and runs;
-//!    started again, the node is Ready, the taint goes and the agent stops the evicted
-//!    pod's container;
-//! 3. a DaemonSet runs a pod on every agent, and on an agent that joins later;
-//! 4. a Job with parallelism 2 and completions 4 completes with real containers;
-//!    deleting everything leaves every node's runtime empty.
+//!    agents report it, and each node's runtime holds its container); `kubectl exec`
+//!    reaches each; a nodeSelector on an agent's `--node-label` places pods only there;
+//!    a pod asking for more cpu than any node has gets kube-scheduler's message;
+//! 2. a DaemonSet runs a pod on every agent;
+//! 3. node loss: an agent killed with SIGKILL (its containers keep running) turns its
+//!    Node Unknown with the unreachable NoExecute taint; its deployment pod is evicted
+//!    and recreated elsewhere, its daemon pod stays but turns not Ready; started again,
+//!    the node is Ready, the taint goes, the agent stops the evicted pod's container and
+//!    adopts the daemon pod's without a restart;
+//! 4. a rollout restart replaces every pod while staying available;
+//! 5. an agent that joins later gets the DaemonSet's pod;
+//! 6. a Job with parallelism 2 and completions 4 completes with real containers;
+//!
+//! then deleting everything empties every node's runtime, and the host's network
+//! namespace is unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -130,6 +136,8 @@ fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
     eprintln!("daemonset checked at {:?}", started.elapsed());
     node_loss(&mut cluster, &three);
     eprintln!("node loss checked at {:?}", started.elapsed());
+    rollout_restart(&cluster);
+    eprintln!("rollout checked at {:?}", started.elapsed());
     node_joins(&mut cluster);
     eprintln!("node join checked at {:?}", started.elapsed());
     job(&cluster);
@@ -256,7 +264,46 @@ spec:
     cluster.ok(&["delete", "pod", "huge", "--wait=true"], None);
 }
 
-/// Check 2: an agent killed by SIGKILL, its pod moved, then the agent back.
+/// Check 2: a DaemonSet runs a pod on every agent.
+fn daemonset(cluster: &Cluster) {
+    cluster.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: probe
+spec:
+  selector:
+    matchLabels: {{app: probe}}
+  template:
+    metadata:
+      labels: {{app: probe}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: main
+        image: {IMAGE}
+        imagePullPolicy: Never
+        command: ["sh", "-c", {SERVE:?}]
+"#
+    ));
+    cluster.until(
+        "a Running probe pod on each of 3 nodes",
+        Duration::from_secs(90),
+        || daemon_on_every_node(cluster, 3),
+    );
+}
+
+/// One Running `probe` pod on each of `n` nodes, held by that node's agent.
+fn daemon_on_every_node(cluster: &Cluster, n: usize) -> bool {
+    let pods = live_pods(cluster, "probe");
+    let counts = per_node(&pods);
+    pods.len() == n
+        && counts.len() == n
+        && counts.keys().all(|k| !k.is_empty())
+        && running_on_their_agents(cluster, &pods)
+}
+
+/// Check 3: an agent killed by SIGKILL, its pods evicted or kept, then the agent back.
 fn node_loss(cluster: &mut Cluster, three: &BTreeSet<String>) {
     let lost = "fleet-c";
     let victim = live_pods(cluster, "web")
@@ -392,46 +439,56 @@ fn pod_condition(pod: &Value, type_: &str) -> String {
         .to_string()
 }
 
-/// Check 3: a DaemonSet runs a pod on every agent.
-fn daemonset(cluster: &Cluster) {
-    cluster.apply(&format!(
-        r#"apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: probe
-spec:
-  selector:
-    matchLabels: {{app: probe}}
-  template:
-    metadata:
-      labels: {{app: probe}}
-    spec:
-      terminationGracePeriodSeconds: 5
-      containers:
-      - name: main
-        image: {IMAGE}
-        imagePullPolicy: Never
-        command: ["sh", "-c", {SERVE:?}]
-"#
-    ));
+/// Check 4: a rollout restart replaces every web pod on the real agents without ever
+/// having fewer than 3 available (maxUnavailable rounds down to 0), and every old
+/// container is stopped and gone from its node's runtime.
+fn rollout_restart(cluster: &Cluster) {
+    let old: Vec<(String, String)> = live_pods(cluster, "web")
+        .iter()
+        .map(|p| {
+            (
+                pod_node(p).to_string(),
+                container_id(p).unwrap().to_string(),
+            )
+        })
+        .collect();
+    let generation = cluster.json(&["get", "deployment", "web"]).unwrap()["metadata"]["generation"]
+        .as_i64()
+        .unwrap();
+    cluster.ok(&["rollout", "restart", "deployment/web"], None);
+    let mut least_available = i64::MAX;
+    cluster.until("the rollout to finish", Duration::from_secs(90), || {
+        let Some(d) = cluster.json(&["get", "deployment", "web"]) else {
+            return false;
+        };
+        let status = &d["status"];
+        let count = |field: &str| status[field].as_i64().unwrap_or(0);
+        least_available = least_available.min(count("availableReplicas"));
+        status["observedGeneration"].as_i64() > Some(generation)
+            && count("updatedReplicas") == 3
+            && count("availableReplicas") == 3
+            && count("replicas") == 3
+    });
+    assert_eq!(least_available, 3, "web stayed fully available");
     cluster.until(
-        "a Running probe pod on each of 3 nodes",
-        Duration::from_secs(90),
-        || daemon_on_every_node(cluster, 3),
+        "new web pods Running and every old container gone",
+        Duration::from_secs(60),
+        || {
+            let pods = live_pods(cluster, "web");
+            pods.len() == 3
+                && running_on_their_agents(cluster, &pods)
+                && pods.iter().all(|p| {
+                    old.iter()
+                        .all(|(_, id)| container_id(p) != Some(id.as_str()))
+                })
+                && old
+                    .iter()
+                    .all(|(node, id)| !cluster.agent(node).containers().contains(id))
+        },
     );
 }
 
-/// One Running `probe` pod on each of `n` nodes, held by that node's agent.
-fn daemon_on_every_node(cluster: &Cluster, n: usize) -> bool {
-    let pods = live_pods(cluster, "probe");
-    let counts = per_node(&pods);
-    pods.len() == n
-        && counts.len() == n
-        && counts.keys().all(|k| !k.is_empty())
-        && running_on_their_agents(cluster, &pods)
-}
-
-/// Check 3, continued: an agent that joins later gets the DaemonSet's pod.
+/// Check 5: an agent that joins later gets the DaemonSet's pod.
 fn node_joins(cluster: &mut Cluster) {
     cluster.add_agent("fleet-d", &["site=east"]);
     cluster.until(
@@ -450,7 +507,7 @@ fn node_joins(cluster: &mut Cluster) {
     assert_eq!(ds["status"]["desiredNumberScheduled"], 4, "{ds}");
 }
 
-/// Check 4: a Job with parallelism 2 and completions 4.
+/// Check 6: a Job with parallelism 2 and completions 4.
 fn job(cluster: &Cluster) {
     cluster.apply(&format!(
         r#"apiVersion: batch/v1
