@@ -1028,3 +1028,85 @@ fn a_rollout_that_stops_progressing_exceeds_its_deadline_on_its_own() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exceeded its progress deadline"), "{err}");
 }
+
+#[test]
+fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
+    let c = Controller::start();
+    let nodes = ["n1", "n2"];
+    for n in nodes {
+        c.node(n, "4", "", "");
+    }
+    let _kubelet = Kubelet::start(&c, &nodes, false);
+    let yaml = deployment("web", 2, "busybox:1.36", "100m", "");
+    c.apply(&yaml);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let first = c.items(&["get", "rs", "-l", "app=web"]);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let taken = s(&first[0], &["metadata", "name"]).to_owned();
+
+    // The Deployment goes, its ReplicaSet stays; then someone edits that ReplicaSet's
+    // template under the name the Deployment's template hashes to.
+    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+    c.wait(
+        "the ReplicaSet to be orphaned",
+        Duration::from_secs(20),
+        || c.json(&["get", "rs", &taken])["metadata"]["ownerReferences"].is_null(),
+    );
+    c.ok(&[
+        "patch",
+        "rs",
+        &taken,
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/template/spec/containers/0/env","value":[{"name":"MODE","value":"edited"}]}]"#,
+    ]);
+
+    // The same Deployment again: its new ReplicaSet cannot take that name.
+    c.apply(&yaml);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let d = c.json(&["get", "deployment", "web"]);
+    assert_eq!(d["status"]["collisionCount"], 1, "{}", d["status"]);
+    assert_eq!(d["status"]["updatedReplicas"], 2, "{}", d["status"]);
+    assert_eq!(d["status"]["availableReplicas"], 2, "{}", d["status"]);
+    let uid = s(&d, &["metadata", "uid"]).to_owned();
+    let sets = c.items(&["get", "rs", "-l", "app=web"]);
+    let mine: Vec<&Value> = sets
+        .iter()
+        .filter(|rs| s(rs, &["metadata", "ownerReferences", "0", "uid"]) == uid)
+        .collect();
+    assert_eq!(mine.len(), 1, "one ReplicaSet of the Deployment: {sets:?}");
+    let name = s(mine[0], &["metadata", "name"]);
+    let hash = s(mine[0], &["metadata", "labels", "pod-template-hash"]);
+    assert_ne!(name, taken, "the new ReplicaSet has another name");
+    assert_eq!(name, format!("web-{hash}"));
+    assert!(
+        mine[0]["spec"]["template"]["spec"]["containers"][0]["env"].is_null(),
+        "the new ReplicaSet has the Deployment's template: {}",
+        mine[0]["spec"]["template"]
+    );
+    let pods = live_pods(&c, &format!("app=web,pod-template-hash={hash}"));
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert!(pods.iter().all(ready));
+
+    // The edited ReplicaSet keeps its template and its pods.
+    let other = c.json(&["get", "rs", &taken]);
+    assert_eq!(
+        s(
+            &other,
+            &[
+                "spec",
+                "template",
+                "spec",
+                "containers",
+                "0",
+                "env",
+                "0",
+                "value"
+            ]
+        ),
+        "edited"
+    );
+    assert_eq!(other["spec"]["replicas"], 2, "{}", other["spec"]);
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains("\n1 "), "{history}");
+}

@@ -9,11 +9,14 @@
 //! `revisionHistoryLimit` are deleted once the rollout completes. Status carries the
 //! counts and the Available/Progressing conditions `kubectl rollout status` reads.
 //! [`rollback_template`] picks the template `kubectl rollout undo` restores.
+//! The new ReplicaSet is named `<deployment>-<hash of template and collisionCount>`; when
+//! that name is taken by another template or owner, [`name_taken`] says to bump
+//! `status.collisionCount` so the next pass picks another name, as upstream does.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
@@ -402,12 +405,63 @@ fn sync_revision(step: &mut Step) {
     }
 }
 
+/// The `pod-template-hash` of the deployment's new ReplicaSet: its template hashed
+/// with its `status.collisionCount`.
+fn new_hash(d: &Deployment, spec: &DeploymentSpec) -> String {
+    let collision = d.status.as_ref().and_then(|s| s.collision_count);
+    template_hash(&spec.template, collision)
+}
+
+/// What it means that the name of the new ReplicaSet the controller tried to create is
+/// taken (upstream's `getNewReplicaSet` on AlreadyExists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameTaken {
+    /// The existing ReplicaSet is this deployment's and has its template: it is the new
+    /// ReplicaSet (an earlier pass created it before the cache showed it).
+    Ours,
+    /// A hash collision: a ReplicaSet with another template, or another owner, holds the
+    /// name. Write this `collisionCount` to the deployment's status and reconcile again;
+    /// the next pass hashes with it and picks another name.
+    Collision(i32),
+    /// The deployment is no longer the one the attempt was made for (its template,
+    /// `collisionCount` or uid changed since): reconcile again, nothing to write.
+    Stale,
+}
+
+/// Decides what the name of `tried` (a ReplicaSet this controller tried to create for
+/// `d`, as `d` is now) being held by `existing` means.
+pub fn name_taken(d: &Deployment, tried: &ReplicaSet, existing: &ReplicaSet) -> NameTaken {
+    let uid = d.metadata.uid.as_deref().unwrap_or("");
+    let Some(spec) = d.spec.as_ref() else {
+        return NameTaken::Stale;
+    };
+    let existing_template = existing.spec.as_ref().and_then(|s| s.template.as_ref());
+    if !uid.is_empty()
+        && controlled_by(&existing.metadata, uid)
+        && existing_template.is_some_and(|t| same_template(t, &spec.template))
+    {
+        return NameTaken::Ours;
+    }
+    let expected = format!(
+        "{}-{}",
+        d.metadata.name.as_deref().unwrap_or(""),
+        new_hash(d, spec)
+    );
+    if uid.is_empty()
+        || !controlled_by(&tried.metadata, uid)
+        || tried.metadata.name.as_deref() != Some(expected.as_str())
+    {
+        return NameTaken::Stale;
+    }
+    let count = d.status.as_ref().and_then(|s| s.collision_count);
+    NameTaken::Collision(count.unwrap_or(0).saturating_add(1))
+}
+
 /// Creates the new ReplicaSet with `replicas` replicas.
 fn create_new(step: &mut Step, replicas: i32, surge: i32) {
     let d = step.d;
     let spec = d.spec.as_ref().unwrap();
-    let collision = d.status.as_ref().and_then(|s| s.collision_count);
-    let hash = template_hash(&spec.template, collision);
+    let hash = new_hash(d, spec);
     let mut template = spec.template.clone();
     template
         .metadata

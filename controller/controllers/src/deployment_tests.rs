@@ -92,7 +92,11 @@ impl World {
                 a,
                 Action::Event(_) | Action::UpdateStatus(_) | Action::Requeue(_)
             );
-            self.apply(a, now);
+            if !self.apply(a, now) {
+                // The driver stops the step at a failed action and runs it again.
+                changed = true;
+                break;
+            }
         }
         for i in 0..self.rss.len() {
             let rs = self.rss[i].clone();
@@ -104,9 +108,26 @@ impl World {
         changed
     }
 
-    fn apply(&mut self, a: Action, now: Timestamp) {
+    /// Applies one action as the driver would; false when it fails (the step stops).
+    fn apply(&mut self, a: Action, now: Timestamp) -> bool {
         match a {
             Action::CreateReplicaSet(rs) => {
+                // A taken name: the API answers AlreadyExists and the driver decides.
+                let taken = self
+                    .rss
+                    .iter()
+                    .find(|x| x.metadata.name == rs.metadata.name);
+                if let Some(existing) = taken {
+                    match name_taken(&self.d, &rs, existing) {
+                        NameTaken::Ours => return true,
+                        NameTaken::Collision(count) => {
+                            let status = self.d.status.get_or_insert_with(Default::default);
+                            status.collision_count = Some(count);
+                            return false;
+                        }
+                        NameTaken::Stale => return false,
+                    }
+                }
                 let mut rs = *rs;
                 let id = self.next_id();
                 rs.metadata.uid = Some(format!("rs-{id}"));
@@ -165,6 +186,7 @@ impl World {
             other => panic!("unexpected {other:?}"),
         }
         self.refresh_rs_status(now);
+        true
     }
 
     /// ReplicaSet statuses as their controller would write them right away.
@@ -713,5 +735,155 @@ fn the_change_cause_follows_into_the_replicaset_for_rollout_history() {
     assert_eq!(
         annotation(&oldest.metadata, "kubernetes.io/change-cause"),
         Some("first")
+    );
+}
+
+/// The ReplicaSet a fresh deployment's first step tries to create.
+fn first_replicaset(d: &Deployment) -> ReplicaSet {
+    let actions = reconcile(d, &[], &[], at("2026-01-01T00:00:00Z"));
+    let Some(Action::CreateReplicaSet(rs)) = actions.into_iter().next() else {
+        panic!("no ReplicaSet created")
+    };
+    *rs
+}
+
+/// `rs` with an environment variable added to its template (a user's edit).
+fn with_env(mut rs: ReplicaSet) -> ReplicaSet {
+    let t = rs.spec.as_mut().unwrap().template.as_mut().unwrap();
+    t.spec.as_mut().unwrap().containers[0].env =
+        Some(vec![from(json!({"name": "MODE", "value": "edited"}))]);
+    rs
+}
+
+#[test]
+fn a_taken_name_is_the_new_replicaset_only_with_our_template_and_controller() {
+    let d = deployment(2, "nginx:1", json!({}));
+    let tried = first_replicaset(&d);
+    // Created by an earlier pass the cache had not shown yet.
+    assert_eq!(name_taken(&d, &tried, &tried), NameTaken::Ours);
+    // Another template under the name: the user edited it, or the hash clashes.
+    assert_eq!(
+        name_taken(&d, &tried, &with_env(tried.clone())),
+        NameTaken::Collision(1)
+    );
+    // The same template, but orphaned or controlled by someone else.
+    let mut orphan = tried.clone();
+    orphan.metadata.owner_references = None;
+    assert_eq!(name_taken(&d, &tried, &orphan), NameTaken::Collision(1));
+    let mut foreign = tried.clone();
+    foreign.metadata.owner_references.as_mut().unwrap()[0].uid = "other-uid".into();
+    assert_eq!(name_taken(&d, &tried, &foreign), NameTaken::Collision(1));
+    // A second collision counts on from the first.
+    let mut bumped = d.clone();
+    bumped.status = Some(DeploymentStatus {
+        collision_count: Some(1),
+        ..Default::default()
+    });
+    let tried_again = first_replicaset(&bumped);
+    assert_ne!(tried_again.metadata.name, tried.metadata.name);
+    assert_eq!(
+        name_taken(&bumped, &tried_again, &orphan),
+        NameTaken::Collision(2)
+    );
+}
+
+#[test]
+fn a_deployment_that_changed_since_the_attempt_is_not_bumped_twice() {
+    let d = deployment(2, "nginx:1", json!({}));
+    let tried = first_replicaset(&d);
+    let orphan = {
+        let mut rs = with_env(tried.clone());
+        rs.metadata.owner_references = None;
+        rs
+    };
+    // Another pass bumped the count already: the next one picks a new name anyway.
+    let mut bumped = d.clone();
+    bumped.status = Some(DeploymentStatus {
+        collision_count: Some(1),
+        ..Default::default()
+    });
+    assert_eq!(name_taken(&bumped, &tried, &orphan), NameTaken::Stale);
+    // The template changed.
+    let mut edited = d.clone();
+    edited
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .image = Some("nginx:2".into());
+    assert_eq!(name_taken(&edited, &tried, &orphan), NameTaken::Stale);
+    // The deployment was deleted and made again (another uid).
+    let mut again = d.clone();
+    again.metadata.uid = Some("d-uid-2".into());
+    assert_eq!(name_taken(&again, &tried, &orphan), NameTaken::Stale);
+}
+
+#[test]
+fn a_hash_collision_raises_the_count_and_the_rollout_completes_under_another_name() {
+    // An orphaned ReplicaSet whose template a user edited holds the name the deployment
+    // would give its new ReplicaSet.
+    let d = deployment(2, "nginx:1", json!({}));
+    let taken_name = first_replicaset(&d).metadata.name.unwrap();
+    let mut orphan = with_env(first_replicaset(&d));
+    orphan.metadata.owner_references = None;
+    orphan.metadata.uid = Some("orphan-uid".into());
+    orphan.metadata.creation_timestamp = Some(Time(at("2025-12-31T00:00:00Z")));
+    let orphan_spec = orphan.spec.clone();
+    let mut w = World::new(d);
+    w.rss.push(orphan);
+    w.settle(0, 2 + 3);
+
+    let status = w.d.status.clone().unwrap();
+    assert_eq!(status.collision_count, Some(1));
+    let mine: Vec<&ReplicaSet> = w
+        .rss
+        .iter()
+        .filter(|rs| controlled_by(&rs.metadata, "d-uid"))
+        .collect();
+    assert_eq!(mine.len(), 1, "one new ReplicaSet");
+    let template = &w.d.spec.as_ref().unwrap().template;
+    let new_name = format!("web-{}", template_hash(template, Some(1)));
+    assert_ne!(new_name, taken_name);
+    assert_eq!(mine[0].metadata.name.as_deref(), Some(new_name.as_str()));
+    assert!(same_template(
+        mine[0].spec.as_ref().unwrap().template.as_ref().unwrap(),
+        template
+    ));
+    assert_eq!(revision(mine[0]), 1);
+    let taken = w
+        .rss
+        .iter()
+        .find(|rs| rs.metadata.name.as_deref() == Some(taken_name.as_str()))
+        .unwrap();
+    assert_eq!(
+        taken.spec, orphan_spec,
+        "the other ReplicaSet is left alone"
+    );
+    assert_eq!(
+        (
+            status.replicas,
+            status.updated_replicas,
+            status.available_replicas
+        ),
+        (Some(2), Some(2), Some(2))
+    );
+    assert_eq!(
+        w.condition("Progressing"),
+        ("True".into(), "NewReplicaSetAvailable".into())
+    );
+    let scaled: Vec<&str> = w
+        .events
+        .iter()
+        .filter(|e| e.reason == "ScalingReplicaSet")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(
+        scaled,
+        [format!("Scaled up replica set {new_name} from 0 to 2")],
+        "no event claims the taken name was scaled"
     );
 }

@@ -266,6 +266,69 @@ fn status_value(s: &Status) -> Value {
     .expect("statuses serialize")
 }
 
+/// The name of a new ReplicaSet a Deployment wanted is taken (upstream's
+/// `getNewReplicaSet`): `Ok` when it is that Deployment's, with its template (an earlier
+/// pass created it before the cache showed it). Otherwise a hash collision raises the
+/// Deployment's `status.collisionCount` (once the cache shows it, the next pass names
+/// the ReplicaSet anew), or the Deployment changed since; either way the reconcile fails
+/// with `taken` so the rest of its actions are not run and it runs again.
+async fn replicaset_name_taken(
+    ctx: &Ctx,
+    tried: &k8s_openapi::api::apps::v1::ReplicaSet,
+    taken: ApiError,
+) -> ApiResult<()> {
+    use flotilla_controllers::deployment::{self, NameTaken};
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let rs_res = resource("apps", "replicasets");
+    let d_res = resource("apps", "deployments");
+    let ns = tried.metadata.namespace.as_deref().unwrap_or("");
+    let name = tried.metadata.name.as_deref().unwrap_or("");
+    let owner = tried
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "Deployment");
+    let (Some(owner), Some(stored)) = (owner, ctx.api.store.get(&key_of(rs_res, Some(ns), name))?)
+    else {
+        return Err(taken);
+    };
+    let existing: ReplicaSet = serde_json::from_value(meta::decode(&stored.value, stored.revision))
+        .map_err(|e| ApiError::internal(format!("stored ReplicaSet {ns}/{name}: {e}")))?;
+    let mut decision = None;
+    let written = modify(ctx, d_res, ns, &owner.name, Some("status"), MANAGER, |v| {
+        let Ok(d) = serde_json::from_value::<Deployment>(v.clone()) else {
+            return false;
+        };
+        let n = deployment::name_taken(&d, tried, &existing);
+        decision = Some(n);
+        let NameTaken::Collision(count) = n else {
+            return false;
+        };
+        v["status"]["collisionCount"] = json!(count);
+        true
+    })
+    .await?;
+    match (decision, written) {
+        (Some(NameTaken::Ours), _) => Ok(()),
+        (Some(NameTaken::Collision(count)), Some(d)) => {
+            let mut o = Outcome::default();
+            o.wrote(d_res, &d);
+            settle(ctx, &o).await;
+            Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!(
+                    "replicasets.apps \"{name}\" already exists with another template or \
+                     owner (hash collision); collisionCount of deployment {ns}/{} is now {count}",
+                    owner.name
+                ),
+            ))
+        }
+        _ => Err(taken),
+    }
+}
+
 /// Runs one action.
 async fn one(
     ctx: &Arc<Ctx>,
@@ -358,8 +421,7 @@ async fn one(
             let v = serde_json::to_value(&*rs).expect("replicasets serialize");
             match create(ctx, res, &ns, v, MANAGER).await {
                 Ok(created) => out.wrote(res, &created),
-                // Created before (by an earlier pass whose write the cache had not seen).
-                Err(e) if e.code == 409 => {}
+                Err(e) if e.code == 409 => replicaset_name_taken(ctx, &rs, e).await?,
                 Err(e) => return Err(e),
             }
         }
