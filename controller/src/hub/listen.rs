@@ -60,7 +60,9 @@ pub async fn run(hub: Arc<Hub>, tls: Arc<rustls::ServerConfig>) {
             }
         }
     };
-    tracing::info!(%addr, "hub listening for agents");
+    // The bound address, so a requested port 0 shows the port agents must dial.
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "hub listening for agents");
     let acceptor = futures_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
