@@ -1077,7 +1077,8 @@ fn updates_respect_immutable_fields() {
 }
 
 /// `kubectl get -w -l`: objects entering the selector arrive as ADDED, leaving it
-/// as DELETED, changes outside it not at all.
+/// as DELETED (with the last state that matched and the event's resourceVersion, as
+/// Kubernetes' watch cache sends it), changes outside it not at all.
 #[test]
 fn selector_watches_see_objects_enter_and_leave() {
     let c = Controller::start();
@@ -1097,7 +1098,7 @@ fn selector_watches_see_objects_enter_and_leave() {
         ])
         .args([
             "-o",
-            r#"jsonpath={.type} {.object.metadata.name} {.object.data.k}{"\n"}"#,
+            r#"jsonpath={.type} {.object.metadata.name} {.object.data.k} {.object.metadata.labels.app} {.object.metadata.resourceVersion}{"\n"}"#,
         ]);
     let mut w = Process::spawn(cmd).named("kubectl-watch");
     let wait = |w: &mut Process, n: usize, what: &str| {
@@ -1108,6 +1109,16 @@ fn selector_watches_see_objects_enter_and_leave() {
     };
     wait(&mut w, 1, "the initial list");
     c.ok(&["label", "configmap", "a", "app=db", "--overwrite"]);
+    let left = c
+        .ok(&[
+            "get",
+            "configmap",
+            "a",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .trim()
+        .to_owned();
     wait(&mut w, 2, "a leaving the selector");
     c.ok(&["patch", "configmap", "a", "-p", r#"{"data":{"k":"2"}}"#]);
     c.ok(&[
@@ -1138,13 +1149,21 @@ fn selector_watches_see_objects_enter_and_leave() {
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
         .collect();
     let expected: Vec<Vec<&str>> = vec![
-        vec!["ADDED", "a", "1"],
-        vec!["DELETED", "a", "1"],
-        vec!["ADDED", "outside", "2"],
-        vec!["MODIFIED", "outside", "3"],
-        vec!["DELETED", "outside", "3"],
+        vec!["ADDED", "a", "1", "web"],
+        vec!["DELETED", "a", "1", "web"],
+        vec!["ADDED", "outside", "2", "web"],
+        vec!["MODIFIED", "outside", "3", "web"],
+        vec!["DELETED", "outside", "3", "web"],
     ];
-    assert_eq!(lines, expected, "{}", w.output());
+    let seen: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|l| l.iter().take(4).map(String::as_str).collect())
+        .collect();
+    assert_eq!(seen, expected, "{}", w.output());
+    // The DELETED of `a` has the resourceVersion of the write that relabeled it.
+    assert_eq!(lines[1].get(4), Some(&left), "{}", w.output());
+    let rvs: Vec<u64> = lines.iter().map(|l| l[4].parse().unwrap()).collect();
+    assert!(rvs.is_sorted(), "resourceVersions go back: {rvs:?}");
 }
 
 /// ClusterIPs and NodePorts return to the pool when their Service goes, without a

@@ -1,7 +1,8 @@
 //! Watch: a chunked stream of `{"type","object"}` JSON lines from the store's change
 //! log, with initial ADDED events, selectors, bookmarks, timeouts and 410 Gone. With a
 //! label or field selector, an object that starts matching arrives as ADDED and one
-//! that stops matching as DELETED, as Kubernetes' watch cache sends them.
+//! that stops matching as DELETED, as Kubernetes' watch cache sends them: the DELETED
+//! carries the object's last state that matched, with the event's resourceVersion.
 
 use super::objects::{list_scope, selected};
 use super::query::Query;
@@ -134,9 +135,21 @@ pub fn serve(api: &Arc<Api>, t: &Target, call: &Call) -> ApiResult<Response<Body
             match next {
                 Some(Some(ev)) => {
                     last_rv = ev.object.revision;
-                    let v = meta::decode(&ev.object.value, ev.object.revision);
+                    let mut v = meta::decode(&ev.object.value, ev.object.revision);
                     let sent = if filtering {
-                        transitions.event(&q, ev.kind, &ev.object.key, &v, last_rv)
+                        let change = Change {
+                            kind: ev.kind,
+                            key: &ev.object.key,
+                            object: &v,
+                            prev: ev.prev.as_deref(),
+                            revision: last_rv,
+                        };
+                        transitions.event(&q, change).map(|(sent, left)| {
+                            if let Some(left) = left {
+                                v = left;
+                            }
+                            sent
+                        })
                     } else {
                         Some(kind_name(ev.kind))
                     };
@@ -187,9 +200,20 @@ pub fn serve(api: &Arc<Api>, t: &Target, call: &Call) -> ApiResult<Response<Body
         .expect("valid response"))
 }
 
+/// One change from the store, as a selector watch looks at it.
+struct Change<'a> {
+    kind: EventKind,
+    key: &'a Key,
+    /// The new state (for a deletion, the last one), decoded at `revision`.
+    object: &'a Value,
+    /// For a modification: the stored state it replaced, when the store knows it.
+    prev: Option<&'a [u8]>,
+    revision: u64,
+}
+
 /// Which objects a selector watch's client holds, to turn changes into what it must
-/// see: ADDED when an object starts matching, DELETED (with the new state) when it
-/// stops, nothing while it does not match.
+/// see: ADDED when an object starts matching, DELETED when it stops (carrying the state
+/// the client last saw match, as Kubernetes does), nothing while it does not match.
 #[derive(Default)]
 struct Transitions {
     /// Keys whose last state sent to (or listed for) the client matched.
@@ -203,15 +227,20 @@ struct Transitions {
 }
 
 impl Transitions {
-    fn event(
-        &mut self,
-        q: &Query,
-        kind: EventKind,
-        key: &Key,
-        v: &Value,
-        rev: u64,
-    ) -> Option<&'static str> {
+    /// What to send for `c`: the event type, and for an object leaving the selection
+    /// the object to send instead of the new state (its previous state at the event's
+    /// revision), when the store knows it.
+    fn event(&mut self, q: &Query, c: Change<'_>) -> Option<(&'static str, Option<Value>)> {
+        let Change {
+            kind,
+            key,
+            object: v,
+            prev,
+            revision: rev,
+        } = c;
         let now = selected(q, v);
+        // The replaced state, decoded only when it is needed.
+        let mut before = None;
         let known = if rev <= self.gap_end {
             // An ADDED has no earlier state; otherwise the first event in the gap
             // leaves the earlier state unknown: assume the client holds it when
@@ -227,6 +256,12 @@ impl Transitions {
         };
         let was = if known {
             self.matching.contains(key)
+        } else if let Some(p) = prev {
+            // The state the client held at its resourceVersion is the one replaced.
+            let b = meta::decode(p, rev);
+            let matched = selected(q, &b);
+            before = Some(b);
+            matched
         } else {
             kind == EventKind::Modified || now
         };
@@ -238,15 +273,18 @@ impl Transitions {
                     self.matching.remove(key);
                 }
                 match (was, now) {
-                    (true, true) if kind == EventKind::Modified => Some("MODIFIED"),
-                    (_, true) => Some("ADDED"),
-                    (true, false) => Some("DELETED"),
+                    (true, true) if kind == EventKind::Modified => Some(("MODIFIED", None)),
+                    (_, true) => Some(("ADDED", None)),
+                    (true, false) => {
+                        let left = before.or_else(|| prev.map(|p| meta::decode(p, rev)));
+                        Some(("DELETED", left))
+                    }
                     (false, false) => None,
                 }
             }
             EventKind::Deleted => {
                 self.matching.remove(key);
-                (was || now).then_some("DELETED")
+                (was || now).then_some(("DELETED", None))
             }
         }
     }
@@ -264,46 +302,120 @@ mod tests {
         Query::parse(Some(&format!("labelSelector={selector}"))).unwrap()
     }
 
-    #[test]
-    fn objects_entering_and_leaving_a_selector_are_added_and_deleted() {
-        let q = query("app%3Dweb");
-        let k = Key::new("pods", "default", "p");
-        let mut t = Transitions::default();
-        assert_eq!(t.event(&q, EventKind::Added, &k, &pod("db"), 5), None);
-        assert_eq!(
-            t.event(&q, EventKind::Modified, &k, &pod("web"), 6),
-            Some("ADDED")
-        );
-        assert_eq!(
-            t.event(&q, EventKind::Modified, &k, &pod("web"), 7),
-            Some("MODIFIED")
-        );
-        assert_eq!(
-            t.event(&q, EventKind::Modified, &k, &pod("db"), 8),
-            Some("DELETED")
-        );
-        assert_eq!(t.event(&q, EventKind::Modified, &k, &pod("db"), 9), None);
-        assert_eq!(t.event(&q, EventKind::Deleted, &k, &pod("db"), 10), None);
+    /// Feeds one change (`prev`: the stored state it replaced, if known) and returns
+    /// the event type sent with the `app` label and resourceVersion of the object sent
+    /// instead of the new state, if any.
+    fn feed(
+        t: &mut Transitions,
+        q: &Query,
+        kind: EventKind,
+        now: &str,
+        prev: Option<&str>,
+        rev: u64,
+    ) -> Option<(&'static str, Option<(String, String)>)> {
+        let key = Key::new("pods", "default", "p");
+        let object = meta::decode(&serde_json::to_vec(&pod(now)).unwrap(), rev);
+        let prev = prev.map(|p| serde_json::to_vec(&pod(p)).unwrap());
+        let change = Change {
+            kind,
+            key: &key,
+            object: &object,
+            prev: prev.as_deref(),
+            revision: rev,
+        };
+        t.event(q, change).map(|(sent, left)| {
+            let left = left.map(|l| {
+                let m = &l["metadata"];
+                (
+                    m["labels"]["app"].as_str().unwrap().to_owned(),
+                    m["resourceVersion"].as_str().unwrap().to_owned(),
+                )
+            });
+            (sent, left)
+        })
     }
 
     #[test]
-    fn changes_before_the_seeding_list_settle_on_their_first_event() {
+    fn objects_entering_and_leaving_a_selector_are_added_and_deleted() {
         let q = query("app%3Dweb");
-        let k = Key::new("pods", "default", "p");
+        let mut t = Transitions::default();
+        use EventKind::*;
+        assert_eq!(feed(&mut t, &q, Added, "db", None, 5), None);
+        assert_eq!(
+            feed(&mut t, &q, Modified, "web", Some("db"), 6),
+            Some(("ADDED", None))
+        );
+        assert_eq!(
+            feed(&mut t, &q, Modified, "web", Some("web"), 7),
+            Some(("MODIFIED", None))
+        );
+        // Leaving: the last state that matched, at the event's resourceVersion.
+        assert_eq!(
+            feed(&mut t, &q, Modified, "db", Some("web"), 8),
+            Some(("DELETED", Some(("web".into(), "8".into()))))
+        );
+        assert_eq!(feed(&mut t, &q, Modified, "db", Some("db"), 9), None);
+        assert_eq!(feed(&mut t, &q, Deleted, "db", None, 10), None);
+    }
+
+    #[test]
+    fn without_the_previous_state_leaving_sends_the_new_one() {
+        let q = query("app%3Dweb");
+        let mut t = Transitions::default();
+        use EventKind::*;
+        assert_eq!(
+            feed(&mut t, &q, Added, "web", None, 5),
+            Some(("ADDED", None))
+        );
+        assert_eq!(
+            feed(&mut t, &q, Modified, "db", None, 6),
+            Some(("DELETED", None))
+        );
+    }
+
+    #[test]
+    fn changes_before_the_seeding_list_are_settled_by_the_replaced_state() {
+        let q = query("app%3Dweb");
+        use EventKind::*;
+        let gap = || Transitions {
+            gap_end: 10,
+            ..Transitions::default()
+        };
+        // The replaced state did not match: the client never held the object.
+        let mut t = gap();
+        assert_eq!(feed(&mut t, &q, Modified, "db", Some("db"), 8), None);
+        // It matched: the client holds it and must drop it.
+        let mut t = gap();
+        assert_eq!(
+            feed(&mut t, &q, Modified, "db", Some("web"), 8),
+            Some(("DELETED", Some(("web".into(), "8".into()))))
+        );
+        // From then on the state is known.
+        assert_eq!(feed(&mut t, &q, Modified, "db", Some("db"), 9), None);
+        assert_eq!(
+            feed(&mut t, &q, Modified, "web", Some("db"), 11),
+            Some(("ADDED", None))
+        );
+    }
+
+    #[test]
+    fn changes_before_the_seeding_list_settle_on_their_first_event_when_unknown() {
+        let q = query("app%3Dweb");
         let mut t = Transitions {
             gap_end: 10,
             ..Transitions::default()
         };
+        use EventKind::*;
         // Unknown earlier state, no longer matching: the client may hold it.
         assert_eq!(
-            t.event(&q, EventKind::Modified, &k, &pod("db"), 8),
-            Some("DELETED")
+            feed(&mut t, &q, Modified, "db", None, 8),
+            Some(("DELETED", None))
         );
         // From then on the state is known.
-        assert_eq!(t.event(&q, EventKind::Modified, &k, &pod("db"), 9), None);
+        assert_eq!(feed(&mut t, &q, Modified, "db", None, 9), None);
         assert_eq!(
-            t.event(&q, EventKind::Modified, &k, &pod("web"), 11),
-            Some("ADDED")
+            feed(&mut t, &q, Modified, "web", None, 11),
+            Some(("ADDED", None))
         );
     }
 }

@@ -230,7 +230,8 @@ impl Committer {
             let mut events = Vec::new();
             for entry in log.range(self.revision + 1..=revision)? {
                 let (rev, record) = entry?;
-                let event = codec::log_event(rev.value(), &codec::decode_log(record.value())?)?;
+                let event =
+                    codec::log_event(&log, rev.value(), &codec::decode_log(record.value())?)?;
                 events.push(Arc::new(event));
             }
             self.counters
@@ -307,7 +308,7 @@ fn apply(
     now: u64,
     op: Op,
 ) -> Result<Result<Event, StoreError>, StoreError> {
-    let (kind, key, value) = match op {
+    let (kind, key, value, prev) = match op {
         Op::Create { key, value } => {
             let enc = key.encode();
             if objects.get(enc.as_slice())?.is_some() {
@@ -319,9 +320,9 @@ fn apply(
             )?;
             log.insert(
                 revision,
-                codec::encode_log(EventKind::Added, now, &enc, &value).as_slice(),
+                codec::encode_log(EventKind::Added, now, &enc, 0, &value).as_slice(),
             )?;
-            (EventKind::Added, key, Bytes::from(value))
+            (EventKind::Added, key, Bytes::from(value), None)
         }
         Op::Update {
             key,
@@ -329,9 +330,12 @@ fn apply(
             expected,
         } => {
             let enc = key.encode();
-            let current = match objects.get(enc.as_slice())? {
+            let (current, prev) = match objects.get(enc.as_slice())? {
                 None => return Ok(Err(StoreError::NotFound)),
-                Some(rec) => codec::object_revision(rec.value())?,
+                Some(rec) => {
+                    let (current, prev) = codec::decode_object(rec.value())?;
+                    (current, Bytes::copy_from_slice(prev))
+                }
             };
             if let Some(expected) = expected
                 && expected != current
@@ -344,9 +348,9 @@ fn apply(
             )?;
             log.insert(
                 revision,
-                codec::encode_log(EventKind::Modified, now, &enc, &value).as_slice(),
+                codec::encode_log(EventKind::Modified, now, &enc, current, &value).as_slice(),
             )?;
-            (EventKind::Modified, key, Bytes::from(value))
+            (EventKind::Modified, key, Bytes::from(value), Some(prev))
         }
         Op::Delete { key, expected } => {
             let enc = key.encode();
@@ -365,9 +369,9 @@ fn apply(
             objects.remove(enc.as_slice())?;
             log.insert(
                 revision,
-                codec::encode_log(EventKind::Deleted, now, &enc, &last).as_slice(),
+                codec::encode_log(EventKind::Deleted, now, &enc, 0, &last).as_slice(),
             )?;
-            (EventKind::Deleted, key, last)
+            (EventKind::Deleted, key, last, None)
         }
     };
     Ok(Ok(Event {
@@ -377,5 +381,6 @@ fn apply(
             revision,
             value,
         },
+        prev,
     }))
 }

@@ -55,4 +55,9 @@ pub enum EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub object: Object,
+    /// For `Modified`: the object's value just before this change (what a watcher that
+    /// filters objects must show when the object stops matching). Always there for
+    /// events delivered live; in a replay of the change log, while the replaced state's
+    /// own record has not been compacted away. `None` for `Added` and `Deleted`.
+    pub prev: Option<Bytes>,
 }

@@ -2,7 +2,9 @@
 //! optionally compacted), in memory, or on any redb backend; then checking the format,
 //! initializing a new store and starting the committer thread.
 
-use crate::codec::{FORMAT, LOG, META, META_COMPACTED, META_FORMAT, META_REVISION, OBJECTS};
+use crate::codec::{
+    FORMAT, FORMAT_READABLE, LOG, META, META_COMPACTED, META_FORMAT, META_REVISION, OBJECTS,
+};
 use crate::committer::{Committer, Counters};
 use crate::slot::{DbSlot, Reopen};
 use crate::store::Inner;
@@ -106,7 +108,9 @@ impl Store {
                 Ok(meta.get(name)?.map(|g| g.value()).unwrap_or(0))
             };
             match get(&meta, META_FORMAT)? {
-                0 => {
+                0 | FORMAT_READABLE => {
+                    // New, or older records this build still reads; from now on it
+                    // writes the current format, which older builds then refuse.
                     meta.insert(META_FORMAT, FORMAT)?;
                 }
                 FORMAT => {}

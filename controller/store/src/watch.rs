@@ -235,7 +235,7 @@ impl Watcher {
                 replay.next = rev + 1;
                 let rec = codec::decode_log(record.value())?;
                 if crate::key::matches(rec.key, &self.prefix) {
-                    replay.buf.push_back(codec::log_event(rev, &rec)?);
+                    replay.buf.push_back(codec::log_event(&log, rev, &rec)?);
                 }
                 read += 1;
                 if read == REPLAY_CHUNK {

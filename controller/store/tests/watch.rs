@@ -440,3 +440,154 @@ fn progress_advances_past_other_writes_but_not_past_pending_events() {
     let mut w = store.watch("pods", Some("quiet"), Some(resume)).unwrap();
     smol::block_on(async { assert_eq!(next(&mut w).await.object.revision, later) });
 }
+
+/// The value and previous value of an event, as text.
+fn values(e: &Event) -> (EventKind, String, Option<String>) {
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+    (e.kind, text(&e.object.value), e.prev.as_deref().map(text))
+}
+
+#[test]
+fn modifications_carry_the_state_they_replaced_live_and_in_replay() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with(&dir, StoreOptions::default());
+    let start = store.revision();
+    let mut live = store.watch("pods", None, None).unwrap();
+    let r1 = store.create_blocking(pod("a", "x"), b"1".to_vec()).unwrap();
+    let r2 = store
+        .update_blocking(pod("a", "x"), b"2".to_vec(), Some(r1))
+        .unwrap();
+    store
+        .update_blocking(pod("a", "x"), b"3".to_vec(), Some(r2))
+        .unwrap();
+    store.delete_blocking(&pod("a", "x"), None).unwrap();
+    let expected = [
+        (EventKind::Added, "1".to_owned(), None),
+        (EventKind::Modified, "2".to_owned(), Some("1".to_owned())),
+        (EventKind::Modified, "3".to_owned(), Some("2".to_owned())),
+        (EventKind::Deleted, "3".to_owned(), None),
+    ];
+    smol::block_on(async {
+        for want in &expected {
+            assert_eq!(&values(&next(&mut live).await), want);
+        }
+        // The same history replayed from the change log.
+        let mut replay = store.watch("pods", None, Some(start)).unwrap();
+        for want in &expected {
+            assert_eq!(&values(&next(&mut replay).await), want);
+        }
+        // A replay starting after the replaced state still finds it in the log.
+        let mut late = store.watch("pods", None, Some(r2)).unwrap();
+        assert_eq!(&values(&next(&mut late).await), &expected[2]);
+    });
+}
+
+#[test]
+fn a_replayed_modification_whose_previous_state_was_compacted_has_none() {
+    let dir = TempDir::new().unwrap();
+    let options = StoreOptions {
+        history_revisions: 3,
+        ..StoreOptions::default()
+    };
+    let store = open_with(&dir, options);
+    let r1 = store.create_blocking(pod("a", "x"), b"1".to_vec()).unwrap();
+    for i in 0..5 {
+        store
+            .create_blocking(pod("a", &format!("filler{i}")), b"".to_vec())
+            .unwrap();
+    }
+    assert!(store.stats().compacted >= r1, "{:?}", store.stats());
+    let from = store.revision();
+    let mut live = store.watch("pods", None, None).unwrap();
+    let mut replay = store.watch("pods", None, Some(from)).unwrap();
+    store
+        .update_blocking(pod("a", "x"), b"2".to_vec(), Some(r1))
+        .unwrap();
+    smol::block_on(async {
+        // Live: the committer had the old value in hand.
+        let want = (EventKind::Modified, "2".to_owned(), Some("1".to_owned()));
+        assert_eq!(values(&next(&mut live).await), want);
+        assert_eq!(values(&next(&mut replay).await), want);
+        // Replayed from the log, the record of revision r1 is gone.
+        drop(replay);
+        let mut replay = store.watch("pods", None, Some(from)).unwrap();
+        assert_eq!(
+            values(&next(&mut replay).await),
+            (EventKind::Modified, "2".to_owned(), None)
+        );
+    });
+}
+
+/// A store written by format 1 (modifications logged without the previous revision)
+/// opens, replays, and is marked as the current format so older builds refuse it.
+#[test]
+fn a_format_1_store_opens_and_is_upgraded() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store.redb");
+    // Key encoding: resource NUL namespace NUL name.
+    let key = b"pods\0a\0x".to_vec();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = |kind: u8, value: &[u8]| {
+        let mut r = vec![kind];
+        r.extend_from_slice(&now.to_le_bytes());
+        r.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        r.extend_from_slice(&key);
+        r.extend_from_slice(value);
+        r
+    };
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut objects = txn.open_table(OBJECTS).unwrap();
+            let mut object = 3u64.to_le_bytes().to_vec();
+            object.extend_from_slice(b"2");
+            objects.insert(key.as_slice(), object.as_slice()).unwrap();
+            let mut log = txn.open_table(LOG).unwrap();
+            log.insert(2, record(1, b"1").as_slice()).unwrap();
+            log.insert(3, record(2, b"2").as_slice()).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", 1).unwrap();
+            meta.insert("revision", 3).unwrap();
+            meta.insert("compacted", 1).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = open_with(&dir, StoreOptions::default());
+    assert_eq!(store.revision(), 3);
+    smol::block_on(async {
+        let mut w = store.watch("pods", None, Some(1)).unwrap();
+        assert_eq!(
+            values(&next(&mut w).await),
+            (EventKind::Added, "1".to_owned(), None)
+        );
+        // Format 1 did not say which state a modification replaced.
+        assert_eq!(
+            values(&next(&mut w).await),
+            (EventKind::Modified, "2".to_owned(), None)
+        );
+        let r4 = store
+            .update(pod("a", "x"), b"4".to_vec(), Some(3))
+            .await
+            .unwrap();
+        let mut w = store.watch("pods", None, Some(3)).unwrap();
+        let e = next(&mut w).await;
+        assert_eq!(e.object.revision, r4);
+        assert_eq!(
+            values(&e),
+            (EventKind::Modified, "4".to_owned(), Some("2".to_owned()))
+        );
+    });
+    drop(store);
+    let db = redb::Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 2);
+}
