@@ -2,6 +2,7 @@
 //! OpenAPI and resource verbs, and the response helpers they share.
 
 pub mod auth;
+pub mod binding;
 pub mod defaults;
 pub mod discovery;
 pub mod immutable;

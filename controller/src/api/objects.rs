@@ -27,7 +27,7 @@ pub async fn serve(api: &Arc<Api>, t: &Target, call: Call) -> ApiResult<Response
         (&Method::GET, false, None) if call.query.watch => watch::serve(api, t, &call),
         (&Method::GET, false, None) => super::list::list(api, t, &call).await,
         (&Method::POST, false, None) => create(api, t, &call).await,
-        (&Method::POST, true, Some("binding")) => binding(api, t, &call).await,
+        (&Method::POST, true, Some("binding")) => super::binding::serve(api, t, &call).await,
         (&Method::POST, true, Some("eviction")) => eviction(api, t, &call).await,
         (&Method::PUT, true, _) => update(api, t, &call).await,
         (&Method::PATCH, true, _) => patch_object(api, t, &call).await,
@@ -823,12 +823,27 @@ fn delete_opts(call: &Call) -> ApiResult<DeleteOpts> {
             )],
         ));
     }
+    // The legacy field: true orphans, false deletes dependents in the background
+    // (either way it overrides a finalizer the object carries); never both.
     let orphan = body["orphanDependents"].as_bool();
+    if let (Some(_), Some(p)) = (orphan, body["propagationPolicy"].as_str()) {
+        return Err(ApiError::invalid(
+            "DeleteOptions",
+            "",
+            "",
+            vec![Cause::invalid(
+                "propagationPolicy",
+                &json!(p),
+                "orphanDependents and deletionPropagation cannot be both set",
+            )],
+        ));
+    }
+    let legacy = orphan.map(|o| if o { "Orphan" } else { "Background" }.to_owned());
     Ok(DeleteOpts {
         grace: body["gracePeriodSeconds"]
             .as_i64()
             .or(call.query.grace_period_seconds),
-        policy: policy.or(orphan.filter(|o| *o).map(|_| "Orphan".into())),
+        policy: legacy.or(policy),
         uid: body["preconditions"]["uid"].as_str().map(str::to_owned),
         rv: body["preconditions"]["resourceVersion"]
             .as_str()
@@ -837,9 +852,50 @@ fn delete_opts(call: &Call) -> ApiResult<DeleteOpts> {
     })
 }
 
-/// Deletes one object following Kubernetes' rules: finalizers and foreground
-/// deletion mark it (deletionTimestamp) and leave the rest to the loops; bound pods
-/// get a grace period for their node; orphaning strips owner references first.
+/// The garbage collector's finalizers, as upstream names them.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+/// The finalizers an object is deleted with (upstream's
+/// deletionFinalizersForGarbageCollection): an explicit propagation policy replaces
+/// the collector's finalizer — `orphan` for Orphan, `foregroundDeletion` for
+/// Foreground, neither for Background; without one the object keeps what it carries
+/// (so an `orphan` finalizer a client set orphans its dependents).
+fn deletion_finalizers(current: &[Value], policy: Option<&str>) -> Vec<Value> {
+    let Some(policy) = policy else {
+        return current.to_vec();
+    };
+    let mut out: Vec<Value> = current
+        .iter()
+        .filter(|f| *f != ORPHAN_FINALIZER && *f != FOREGROUND_FINALIZER)
+        .cloned()
+        .collect();
+    match policy {
+        "Orphan" => out.push(json!(ORPHAN_FINALIZER)),
+        "Foreground" => out.push(json!(FOREGROUND_FINALIZER)),
+        _ => {}
+    }
+    out
+}
+
+/// Whether two finalizer lists hold the same names.
+fn same_finalizers(a: &[Value], b: &[Value]) -> bool {
+    let names = |l: &[Value]| {
+        let mut n: Vec<String> = l.iter().map(|f| f.as_str().unwrap_or("").to_owned()).collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    names(a) == names(b)
+}
+
+/// Deletes one object following Kubernetes' rules: finalizers mark it
+/// (deletionTimestamp) and leave the rest to the loops. The propagation policy picks
+/// the garbage collector's finalizer: Orphan marks the object with `orphan`, and the
+/// collector strips its dependents' owner references before letting it go (never
+/// while it is live, so no controller re-adopts them first); Foreground marks it with
+/// `foregroundDeletion`. Bound pods get a grace period for their node; a second
+/// delete may only shorten it.
 pub async fn delete_object(
     api: &Api,
     res: &'static Resource,
@@ -861,19 +917,12 @@ pub async fn delete_object(
     if opts.dry_run {
         return Ok(obj);
     }
-    let policy = opts.policy.as_deref().unwrap_or("Background");
-    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_owned();
-    if policy == "Orphan" {
-        crate::loops::gc::orphan_dependents(api, &uid, &key.namespace).await?;
-    }
     let already = !obj["metadata"]["deletionTimestamp"].is_null();
-    let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"]
+    let current: Vec<Value> = obj["metadata"]["finalizers"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    if policy == "Foreground" && !finalizers.iter().any(|f| f == "foregroundDeletion") {
-        finalizers.push(json!("foregroundDeletion"));
-    }
+    let finalizers = deletion_finalizers(&current, opts.policy.as_deref());
     let is_ns = res.kind == "Namespace";
     let grace = if res.kind == "Pod" && !obj["spec"]["nodeName"].as_str().unwrap_or("").is_empty() {
         opts.grace.unwrap_or_else(|| {
@@ -886,19 +935,21 @@ pub async fn delete_object(
     };
     let force_pod = res.kind == "Pod" && already && opts.grace == Some(0) && finalizers.is_empty();
     if !force_pod && (!finalizers.is_empty() || is_ns || grace > 0) {
-        if already
-            && obj["metadata"]["finalizers"]
-                .as_array()
-                .map(Vec::len)
-                .unwrap_or(0)
-                == finalizers.len()
-        {
+        let shorter = opts.grace.filter(|g| {
+            *g >= 0
+                && obj["metadata"]["deletionGracePeriodSeconds"]
+                    .as_i64()
+                    .is_some_and(|cur| *g < cur)
+        });
+        if already && same_finalizers(&current, &finalizers) && shorter.is_none() {
             return Ok(obj);
         }
         let md = metadata_mut(&mut obj);
         if !already {
             md.insert("deletionTimestamp".into(), meta::now().into());
             md.insert("deletionGracePeriodSeconds".into(), grace.into());
+        } else if let Some(g) = shorter {
+            md.insert("deletionGracePeriodSeconds".into(), g.into());
         }
         if finalizers.is_empty() {
             md.remove("finalizers");
@@ -972,65 +1023,6 @@ async fn delete_collection(api: &Api, t: &Target, call: &Call) -> ApiResult<Resp
 
 fn success(details: Value) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201, "details": details})
-}
-
-async fn binding(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<Body>> {
-    let name = t.name.as_deref().unwrap_or("");
-    let b = decode_body(call)?;
-    let node = b["target"]["name"].as_str().unwrap_or("");
-    if node.is_empty() {
-        return Err(ApiError::invalid(
-            "Binding",
-            "",
-            name,
-            vec![Cause::required("target.name")],
-        ));
-    }
-    let key = target_key(t);
-    let Some(old) = api.store.get(&key)? else {
-        return Err(ApiError::not_found("", "pods", name));
-    };
-    let mut pod = meta::decode(&old.value, old.revision);
-    let current = pod["spec"]["nodeName"].as_str().unwrap_or("");
-    if !current.is_empty() {
-        return Err(ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{current}\""
-            ),
-        ));
-    }
-    pod["spec"]["nodeName"] = json!(node);
-    let conds = pod["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut conds: Vec<Value> = conds
-        .into_iter()
-        .filter(|c| c["type"] != "PodScheduled")
-        .collect();
-    conds.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": meta::now(), "lastProbeTime": null}));
-    pod["status"]["conditions"] = Value::Array(conds);
-    if call.query.dry_run {
-        return Ok(json(201, &success(json!({"name": name, "kind": "pods"}))));
-    }
-    record_manager(
-        &mut pod,
-        &manager(call),
-        "Update",
-        json!({"f:spec": {"f:nodeName": {}}}),
-        Some("binding"),
-    );
-    match api
-        .store
-        .update(key, meta::encode(&pod), Some(old.revision))
-        .await
-    {
-        Ok(_) => Ok(json(201, &success(json!({"name": name, "kind": "pods"})))),
-        Err(StoreError::Conflict { .. }) => Err(ApiError::conflict("", "pods/binding", name)),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn eviction(api: &Api, t: &Target, call: &Call) -> ApiResult<Response<Body>> {

@@ -6,15 +6,14 @@
 use super::Ctx;
 use super::events;
 use crate::api::meta::{self, metadata_mut};
+use crate::api::binding;
 use crate::api::objects::{
-    self, DeleteOpts, WriteOpts, create_object, delete_object, key_of, update_object,
+    DeleteOpts, WriteOpts, create_object, delete_object, key_of, update_object,
 };
 use crate::api::query::Query;
 use crate::api::registry::{self, Resource};
 use crate::api::status::{ApiError, ApiResult};
-use crate::api::{Call, Target, auth::Identity};
 use flotilla_controllers::{Action, Status};
-use hyper::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,32 +206,11 @@ pub async fn delete(
     )
 }
 
-/// Binds a pod through the `binding` subresource handler, as kube-scheduler's POST does.
+/// Binds a pod as kube-scheduler's POST of a Binding does, through the API layer's own
+/// binding path (one durable write of the stored pod; no request round trip).
 pub async fn bind(ctx: &Arc<Ctx>, namespace: &str, name: &str, node: &str) -> ApiResult<()> {
-    let t = Target {
-        res: resource("", "pods"),
-        ns: Some(namespace.to_owned()),
-        name: Some(name.to_owned()),
-        sub: Some("binding".to_owned()),
-    };
-    let body = json!({
-        "apiVersion": "v1", "kind": "Binding",
-        "metadata": {"name": name, "namespace": namespace},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-    });
-    let call = Call {
-        method: Method::POST,
-        query: Query::default(),
-        accept: "application/json".into(),
-        content_type: "application/json".into(),
-        user_agent: format!("{SCHEDULER}/flotilla"),
-        body: serde_json::to_vec(&body).expect("JSON").into(),
-        ident: Identity {
-            user: "system:kube-scheduler".into(),
-            groups: vec!["system:authenticated".into()],
-        },
-    };
-    objects::serve(&ctx.api, &t, call).await.map(|_| ())
+    let b = binding::Binding::new(namespace, name, node, SCHEDULER);
+    binding::bind_pod(&ctx.api, &b).await.map(|_| ())
 }
 
 fn set_condition(list: &mut Value, cond: Value) -> bool {
@@ -410,10 +388,7 @@ async fn one(
             } else {
                 MANAGER
             };
-            modify(ctx, pods, &namespace, &name, Some("status"), manager, |v| {
-                set_condition(&mut v["status"]["conditions"], cond.clone())
-            })
-            .await?;
+            binding::set_pod_condition(&ctx.api, &namespace, &name, &cond, manager).await?;
         }
         Action::CreateReplicaSet(rs) => {
             let res = resource("apps", "replicasets");
