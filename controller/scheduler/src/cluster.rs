@@ -10,7 +10,12 @@
 //! among feasible nodes, the scores: TaintToleration (PreferNoSchedule, weight 3),
 //! NodeAffinity preferred terms (2), LeastAllocated (1), BalancedAllocation (1) and
 //! spreading the replicas of one owner (2). Ties go to the lexically first node name.
+//! Like kube-scheduler, a decision in a cluster of 100 nodes or more stops filtering once
+//! it has found [`feasible_nodes_to_find`] feasible nodes (the adaptive
+//! `percentageOfNodesToScore`: 420 of 1,000), starting where the previous decision
+//! stopped, and scores only those.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Taint, Toleration};
@@ -74,7 +79,8 @@ struct BoundPod {
 }
 
 /// The cluster as the scheduler sees it; feed it node and pod changes, ask it for
-/// decisions. Deterministic: the same objects give the same answers.
+/// decisions. Deterministic: the same objects and the same sequence of decisions give
+/// the same answers.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
     slots: Vec<Slot>,
@@ -86,6 +92,31 @@ pub struct Cluster {
     owner_pods: HashMap<u32, HashMap<usize, u32>>,
     with_anti_affinity: BTreeSet<String>,
     version: u64,
+    /// Where the next decision starts looking (kube-scheduler's `nextStartNodeIndex`):
+    /// each decision goes on from where the previous one stopped, so every node gets
+    /// its turn although a decision looks at only part of a big cluster.
+    next_start: Cell<usize>,
+}
+
+/// Below this many nodes every node is looked at (kube-scheduler's
+/// `minFeasibleNodesToFind`).
+const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+/// The smallest adaptive share of nodes to find feasible, in percent
+/// (`minFeasibleNodesPercentageToFind`).
+const MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND: usize = 5;
+
+/// How many feasible nodes a decision looks for before it stops filtering —
+/// kube-scheduler's `numFeasibleNodesToFind` with the default (adaptive)
+/// `percentageOfNodesToScore`: all nodes below 100, else `50 - nodes/125` percent of
+/// them (at least 5%), and never fewer than 100. For 1,000 nodes that is 420.
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    if nodes < MIN_FEASIBLE_NODES_TO_FIND {
+        return nodes;
+    }
+    let percentage = 50usize
+        .saturating_sub(nodes / 125)
+        .max(MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND);
+    (nodes * percentage / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
 }
 
 /// Why one node was filtered out.
@@ -375,7 +406,9 @@ impl Cluster {
             .map(|p| self.slots[p.slot].name.as_str())
     }
 
-    /// Picks the node for a pod, or says why none fits.
+    /// Picks the node for a pod, or says why none fits. In clusters of 100 nodes or more
+    /// it looks at part of them (see [`feasible_nodes_to_find`]) and moves the start of
+    /// the next decision on past the nodes it looked at.
     pub fn schedule(&self, pod: &Pod) -> Result<String, Unschedulable> {
         let Some(spec) = pod.spec.as_ref() else {
             return Err(Unschedulable::plain(
@@ -401,12 +434,29 @@ impl Cluster {
             Ok(inc) => inc,
             Err(pre_filter) => return Err(self.pre_filter_error(pod, num_nodes, pre_filter)),
         };
-        let mut candidates = Vec::new();
-        for (i, slot) in self.slots.iter().enumerate() {
+        // Filter from where the last decision stopped until enough nodes fit (all of
+        // them when the pre-filter named the nodes), as kube-scheduler does.
+        let total = self.slots.len();
+        let (start, want) = match &inc.only_nodes {
+            Some(only) => (0, feasible_nodes_to_find(only.len())),
+            None => (self.next_start.get() % total, feasible_nodes_to_find(num_nodes)),
+        };
+        let mut candidates = Vec::with_capacity(want);
+        let mut visited = 0;
+        for k in 0..total {
+            let i = (start + k) % total;
+            visited = k + 1;
+            let slot = &self.slots[i];
             let Some(node) = &slot.node else { continue };
             if self.check(&inc, slot, node).is_none() {
                 candidates.push(self.raw_scores(&inc, i, slot, node));
+                if candidates.len() >= want {
+                    break;
+                }
             }
+        }
+        if inc.only_nodes.is_none() {
+            self.next_start.set((start + visited) % total);
         }
         if candidates.is_empty() {
             return Err(self.fit_error(pod, &inc, num_nodes));

@@ -510,3 +510,75 @@ fn removed_nodes_stop_counting() {
             .starts_with("0/1 nodes are available: 1 Insufficient cpu.")
     );
 }
+
+#[test]
+fn the_share_of_nodes_to_find_follows_kube_scheduler() {
+    // All below 100 nodes; then 50 - nodes/125 percent, at least 5% and 100 nodes.
+    for (nodes, want) in [
+        (1, 1),
+        (99, 99),
+        (100, 100),
+        (200, 100),
+        (500, 230),
+        (1000, 420),
+        (5000, 500),
+        (6000, 300),
+        (10_000, 500),
+    ] {
+        assert_eq!(feasible_nodes_to_find(nodes), want, "{nodes} nodes");
+    }
+}
+
+fn numbered(count: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| node(&format!("n{i:03}"), "8", "16Gi"))
+        .collect()
+}
+
+#[test]
+fn a_big_cluster_is_filtered_in_turns_from_where_the_last_decision_stopped() {
+    // 200 equal nodes: each decision stops after 100 feasible ones, so the first looks
+    // at n000..n099, the second at n100..n199, the third at n000..n099 again.
+    let mut c = cluster(numbered(200), vec![]);
+    let mut placed = Vec::new();
+    for i in 0..3 {
+        let x = p(pod(&format!("x{i}"), "1", "1Gi"));
+        let node = c.schedule(&x).unwrap();
+        c.assume(&x, &node);
+        placed.push(node);
+    }
+    assert_eq!(placed, ["n000", "n100", "n001"]);
+}
+
+#[test]
+fn a_decision_goes_on_past_infeasible_nodes_until_enough_fit() {
+    // Only 50 of 200 nodes fit (fewer than the 100 wanted): every node is looked at.
+    let mut nodes = numbered(200);
+    for n in &mut nodes[..150] {
+        n["spec"]["taints"] = json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
+    }
+    let c = cluster(nodes, vec![]);
+    assert_eq!(c.schedule(&p(pod("x", "1", "1Gi"))).unwrap(), "n150");
+    // A pod that fits nowhere still hears about every node.
+    assert_eq!(
+        message(&c, pod("huge", "64", "1Gi")),
+        "0/200 nodes are available: 150 node(s) had untolerated taint {dedicated: gpu}, 50 Insufficient cpu. \
+         preemption: 0/200 nodes are available: 200 Preemption is not helpful for scheduling.."
+    );
+}
+
+#[test]
+fn nodes_named_by_the_pre_filter_are_all_looked_at() {
+    // Fewer than 100 nodes named: each of them is filtered and scored, so the best one
+    // wins although it is the last of them in a 300-node cluster.
+    let mut names: Vec<String> = (0..59).map(|i| format!("n{i:03}")).collect();
+    names.push("n250".into());
+    let mut c = cluster(numbered(300), vec![]);
+    for name in &names[..59] {
+        c.assume(&p(pod(&format!("busy-{name}"), "4", "1Gi")), name);
+    }
+    let mut x = pod("x", "1", "1Gi");
+    x["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": names}]}]}}});
+    assert_eq!(c.schedule(&p(x)).unwrap(), "n250");
+}
