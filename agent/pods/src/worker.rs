@@ -412,6 +412,8 @@ impl Worker {
         }
         lock(&self.inner.reports).remove(&uid);
         let Some(spec) = again else {
+            let spec = &self.rec.spec;
+            tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), %uid, "pod stopped and removed");
             return true;
         };
         self.rec = new_record(spec);
@@ -1147,7 +1149,7 @@ impl Worker {
             }
         };
         let started_at = now();
-        let pod_name = self.rec.spec.name.clone();
+        let pod_name = format!("{}/{}", self.rec.spec.namespace, self.rec.spec.name);
         let r = self.record(kind, i);
         r.attempts = index + 1;
         r.restart_count = index;
@@ -1173,7 +1175,7 @@ impl Worker {
             "Started",
             format!("Started container {}", c.name),
         );
-        tracing::debug!("pod {pod_name}: started {id}");
+        tracing::info!(pod = %pod_name, container = %c.name, %id, "container started");
         Ok(())
     }
 
