@@ -43,6 +43,11 @@ impl Agent {
         &self.name
     }
 
+    /// Its sandbox node (its network namespace), e.g. to cut its LAN link.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
     /// Its address on the LAN (its InternalIP).
     pub fn ip(&self) -> &str {
         &self.ip

@@ -394,6 +394,12 @@ fn node_loss(cluster: &mut Cluster, three: &BTreeSet<String>) {
             .container_state(&victim_container)
             .is_none()
     );
+    let line = format!("pod stopped and removed pod=default/{victim_name}");
+    cluster.until(
+        "the agent to say it removed the evicted pod",
+        Duration::from_secs(30),
+        || cluster.agent(lost).output().contains(&line),
+    );
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "its process has ended"
