@@ -308,6 +308,18 @@ impl Cluster {
         &self.controller
     }
 
+    /// The cgroups agent `name` holds now below its `--cgroup-root`, in any hierarchy
+    /// (one `pod-<uid>` per pod while it has one).
+    pub fn pod_cgroups(&self, name: &str) -> Vec<PathBuf> {
+        self.cg
+            .dirs()
+            .flat_map(|d| std::fs::read_dir(d.join(name)).into_iter().flatten())
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// The admin kubeconfig the controller wrote.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("controller/admin.kubeconfig")

@@ -163,6 +163,12 @@ fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
     cluster.until("no pods left", Duration::from_secs(30), || {
         cluster.items(&["get", "pods"]).is_empty()
     });
+    cluster.until("no pod cgroup left", Duration::from_secs(30), || {
+        cluster
+            .agents()
+            .iter()
+            .all(|a| cluster.pod_cgroups(a.name()).is_empty())
+    });
     drop(cluster);
     assert_eq!(
         root_netns_snapshot(),
@@ -210,6 +216,15 @@ fn placement(cluster: &Cluster, three: &BTreeSet<String>) {
         "nodeSelector site=north: {:?}",
         per_node(&north)
     );
+    // Each pod has its cgroup below its own agent's --cgroup-root.
+    let cgroups = cluster.pod_cgroups("fleet-a");
+    for p in &north {
+        let uid = p["metadata"]["uid"].as_str().unwrap();
+        assert!(
+            cgroups.iter().any(|c| c.ends_with(format!("pod-{uid}"))),
+            "pod-{uid} among fleet-a's cgroups {cgroups:?}"
+        );
+    }
 
     // No node has a thousand CPUs.
     cluster.apply(&format!(
