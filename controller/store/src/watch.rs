@@ -5,6 +5,8 @@
 //! Every watcher has a bounded queue. A watcher that falls more than the queue's length
 //! behind is cut off: it yields what it already holds and then `None`. The client then
 //! watches again from the last revision it saw (or, if that is `Gone`, lists again).
+//! The queue grows as events wait in it rather than being allocated at its full length
+//! up front: an idle controller has a dozen watchers, each allowed 10,000 events.
 
 use crate::codec::{self, LOG, META, META_COMPACTED};
 use crate::slot::DbSlot;
@@ -22,7 +24,10 @@ const REPLAY_CHUNK: usize = 256;
 
 struct Slot {
     prefix: Vec<u8>,
+    /// Unbounded channel, held to `capacity` pending events by `publish` (the only
+    /// sender, under the registry lock).
     tx: async_channel::Sender<Arc<Event>>,
+    capacity: usize,
 }
 
 /// Live watchers and the revision whose events they have all been given.
@@ -55,7 +60,7 @@ impl Registry {
                     if !key_matches(&ev.object.key, &slot.prefix) {
                         continue;
                     }
-                    if slot.tx.try_send(ev.clone()).is_err() {
+                    if slot.tx.len() >= slot.capacity || slot.tx.try_send(ev.clone()).is_err() {
                         // Full: the watcher lags too far; cut it off (it drains what it
                         // holds, then ends). Closed: the watcher is gone.
                         slot.tx.close();
@@ -82,11 +87,15 @@ impl Registry {
         prefix: Vec<u8>,
         capacity: usize,
     ) -> (async_channel::Receiver<Arc<Event>>, u64) {
-        let (tx, rx) = async_channel::bounded(capacity.max(1));
+        let (tx, rx) = async_channel::unbounded();
         let mut slots = self.slots.lock().unwrap();
         // Forget watchers dropped since the last write (publish forgets them too).
         slots.retain(|slot| !slot.tx.is_closed());
-        slots.push(Slot { prefix, tx });
+        slots.push(Slot {
+            prefix,
+            tx,
+            capacity: capacity.max(1),
+        });
         (rx, self.published.load(Ordering::Acquire))
     }
 }
