@@ -7,8 +7,9 @@ use anyhow::Result;
 use async_channel::Receiver;
 use flotilla_shared::wire::Frame;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::identity::{self, Identity};
@@ -68,14 +69,14 @@ pub async fn serve<W: Workload>(
     let mut backoff = Backoff::default();
     let ready = AtomicBool::new(false);
     loop {
-        let up = AtomicBool::new(false);
+        let up_at = OnceLock::new();
         let result = session::run(&link, || {
-            up.store(true, Ordering::SeqCst);
+            let _ = up_at.set(Instant::now());
             notify_ready(&ready, "the link to the controller is up");
         })
         .await;
-        if up.load(Ordering::SeqCst) {
-            backoff.reset();
+        if let Some(at) = up_at.get() {
+            backoff.session_ended(at.elapsed());
         }
         if let Err(e) = result {
             tracing::warn!(server = %link.server, "link to the controller: {e:#}");

@@ -5,6 +5,7 @@ mod args;
 mod backoff;
 mod codec;
 mod daemon;
+mod datadir;
 mod dial;
 mod identity;
 mod join;

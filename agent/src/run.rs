@@ -50,6 +50,8 @@ fn run(args: RunArgs) -> Result<()> {
         .mode(0o700)
         .create(&data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    // Held until the agent exits.
+    let _lock = crate::datadir::lock(&data_dir)?;
     let identity = identity::load(&data_dir)?;
     match &identity {
         Some(id) => identity::check_name(id, &node_name, &data_dir)?,
