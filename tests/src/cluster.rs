@@ -123,6 +123,12 @@ impl Agent {
     /// Starts the agent (again): with `token` until it has joined, then from its
     /// stored credentials.
     fn spawn(&mut self, hub: &str, token: Option<&str>) {
+        let process = self.start_process(hub, token);
+        self.process = Some(process);
+    }
+
+    /// Starts `flotilla-agent run` with this agent's settings and directories.
+    fn start_process(&self, hub: &str, token: Option<&str>) -> Process {
         let mut cmd = Command::new(bin("flotilla-agent"));
         cmd.arg("run")
             .arg("--server")
@@ -139,8 +145,6 @@ impl Agent {
         for label in &self.labels {
             cmd.args(["--node-label", label]);
         }
-        // The agent's default log filter, as an operator sees it.
-        cmd.env_remove("RUST_LOG");
         if let Some(token) = token {
             cmd.env("FLOTILLA_TOKEN", token);
         }
@@ -155,11 +159,12 @@ impl Agent {
             .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
             .arg(cmd.get_program())
             .args(cmd.get_args())
-            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
-        let process = Process::try_spawn(wrapped, Some(&netns))
+            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            // The agent's default log filter, as an operator sees it.
+            .env_remove("RUST_LOG");
+        Process::try_spawn(wrapped, Some(&netns))
             .unwrap_or_else(|e| panic!("cannot start agent {}: {e:#}", self.name))
-            .named(&format!("flotilla-agent {}", self.name));
-        self.process = Some(process);
+            .named(&format!("flotilla-agent {}", self.name))
     }
 }
 
@@ -240,7 +245,11 @@ impl Cluster {
         let ip = format!("10.99.0.{}", 11 + index);
         node.attach(&self.lan, &format!("{ip}/24"))
             .unwrap_or_else(|e| panic!("{e:#}"));
-        let dir = self.dir.path().join("agents").join(name);
+        let dir = self
+            .dir
+            .path()
+            .join("agents")
+            .join(format!("{index}-{name}"));
         let images = dir.join("data/images");
         std::fs::create_dir_all(&images).unwrap();
         std::fs::copy(
@@ -255,7 +264,7 @@ impl Cluster {
             ip,
             labels: labels.iter().map(|l| l.to_string()).collect(),
             dir,
-            cgroup_root: format!("{}/{name}", self.cg.path()),
+            cgroup_root: format!("{}/{index}-{name}", self.cg.path()),
         };
         agent.spawn(&self.hub(), Some(&self.token()));
         if let Err(e) = agent
@@ -280,6 +289,13 @@ impl Cluster {
         {
             panic!("agent {name} did not reconnect: {e:#}\n{}", agent.output());
         }
+    }
+
+    /// Starts a second `flotilla-agent run` with agent `name`'s settings and data
+    /// dir, as an operator running it by hand next to the service would (not tracked
+    /// as an agent; stopped by PID when dropped).
+    pub fn start_second_agent_process(&self, name: &str) -> Process {
+        self.agent(name).start_process(&self.hub(), None)
     }
 
     fn hub(&self) -> String {
@@ -311,9 +327,13 @@ impl Cluster {
     /// The cgroups agent `name` holds now below its `--cgroup-root`, in any hierarchy
     /// (one `pod-<uid>` per pod while it has one).
     pub fn pod_cgroups(&self, name: &str) -> Vec<PathBuf> {
+        let root = &self.agent(name).cgroup_root;
+        let below = root
+            .trim_start_matches(&self.cg.path())
+            .trim_start_matches('/');
         self.cg
             .dirs()
-            .flat_map(|d| std::fs::read_dir(d.join(name)).into_iter().flatten())
+            .flat_map(|d| std::fs::read_dir(d.join(below)).into_iter().flatten())
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.path())

@@ -216,6 +216,22 @@ fn placement(cluster: &Cluster, three: &BTreeSet<String>) {
         "nodeSelector site=north: {:?}",
         per_node(&north)
     );
+    // A second agent started on fleet-a's data dir stops at once and says why; the
+    // first keeps its pods.
+    let mut second = cluster.start_second_agent_process("fleet-a");
+    let status = second.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(!status.success());
+    assert!(
+        second
+            .stderr()
+            .contains("another flotilla-agent is already running with the data dir"),
+        "{}",
+        second.output()
+    );
+    assert!(
+        !second.stderr().contains("air-gap"),
+        "it touched nothing first"
+    );
     // Each pod has its cgroup below its own agent's --cgroup-root.
     let cgroups = cluster.pod_cgroups("fleet-a");
     for p in &north {
