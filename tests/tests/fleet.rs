@@ -5,8 +5,10 @@
 //! shared by the checks, in order:
 //! 1. placement: a Deployment spreads one pod per node and every pod runs (as the
 //!    agents report it, and each node's runtime holds its container); `kubectl exec`
-//!    reaches each; a nodeSelector on an agent's `--node-label` places pods only there;
-//!    a pod asking for more cpu than any node has gets kube-scheduler's message;
+//!    reaches each; a nodeSelector on an agent's `--node-label` places pods only there,
+//!    with their cgroups below that agent's `--cgroup-root`; a second agent started on
+//!    a node's data dir is refused; a pod asking for more cpu than any node has gets
+//!    kube-scheduler's message;
 //! 2. a DaemonSet runs a pod on every agent;
 //! 3. node loss: an agent killed with SIGKILL (its containers keep running) turns its
 //!    Node Unknown with the unreachable NoExecute taint; its deployment pod is evicted
@@ -17,8 +19,8 @@
 //! 5. an agent that joins later gets the DaemonSet's pod;
 //! 6. a Job with parallelism 2 and completions 4 completes with real containers;
 //!
-//! then deleting everything empties every node's runtime, and the host's network
-//! namespace is unchanged.
+//! then deleting everything empties every node's runtime and pod cgroups, and the
+//! host's network namespace is unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
