@@ -1345,3 +1345,116 @@ fn idle_watch_bookmarks_follow_the_store() {
         "bookmarks {bookmarks:?} lag behind the store's revision {later}"
     );
 }
+
+/// The garbage collector's `orphan` finalizer however it gets there — the legacy
+/// `orphanDependents: true` body, or a client that set it on the owner (then a delete
+/// that names no policy orphans) — leaves the dependent without its owner reference;
+/// an explicit Background policy (kubectl's default) or `orphanDependents: false`
+/// overrides a client's finalizer and the dependent goes; a body with both the legacy
+/// field and a policy is refused.
+#[test]
+fn orphan_finalizers_from_legacy_bodies_and_clients_are_honoured() {
+    let c = Controller::start();
+    let apply = |name: &str, extra: &str| {
+        c.ok_in(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n{extra}"
+            )),
+        );
+    };
+    // An owner (with these finalizers) and its dependent `<owner>-child`.
+    let family = |owner: &str, finalizers: &str| {
+        apply(owner, &format!("  finalizers: [{finalizers}]\n"));
+        let uid = c.json(&["get", "configmap", owner])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        apply(
+            &format!("{owner}-child"),
+            &format!(
+                "  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: {owner}, uid: {uid}}}]\n"
+            ),
+        );
+    };
+    let exists = |name: &str| {
+        c.kubectl_as(&c.kubeconfig(), &["get", "configmap", name], None)
+            .status
+            .success()
+    };
+    let raw_delete = |name: &str, body: &str| {
+        c.kubectl_as(
+            &c.kubeconfig(),
+            &[
+                "delete",
+                "--raw",
+                &format!("/api/v1/namespaces/default/configmaps/{name}"),
+                "-f",
+                "-",
+            ],
+            Some(body),
+        )
+    };
+    let orphaned = |owner: &str| {
+        wait_until(&format!("{owner} to go"), Duration::from_secs(10), || {
+            !exists(owner)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let child = c.json(&["get", "configmap", &format!("{owner}-child")]);
+        assert!(
+            child["metadata"].get("ownerReferences").is_none(),
+            "{owner}'s dependent keeps its owner: {child}"
+        );
+        assert!(child["metadata"].get("deletionTimestamp").is_none());
+    };
+    let collected = |owner: &str| {
+        wait_until(
+            &format!("{owner} and its dependent to go"),
+            Duration::from_secs(10),
+            || !exists(owner) && !exists(&format!("{owner}-child")),
+        );
+    };
+
+    family("legacy", "");
+    let out = raw_delete(
+        "legacy",
+        r#"{"kind":"DeleteOptions","apiVersion":"v1","orphanDependents":true}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    orphaned("legacy");
+
+    family("marked", "orphan");
+    let out = raw_delete("marked", r#"{"kind":"DeleteOptions","apiVersion":"v1"}"#);
+    assert!(out.status.success(), "{out:?}");
+    orphaned("marked");
+
+    family("overridden", "orphan");
+    c.ok(&["delete", "configmap", "overridden", "--cascade=background"]);
+    collected("overridden");
+
+    family("legacy-false", "orphan");
+    let out = raw_delete(
+        "legacy-false",
+        r#"{"kind":"DeleteOptions","apiVersion":"v1","orphanDependents":false}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    collected("legacy-false");
+
+    family("both", "");
+    let out = raw_delete(
+        "both",
+        r#"{"kind":"DeleteOptions","apiVersion":"v1","orphanDependents":true,"propagationPolicy":"Orphan"}"#,
+    );
+    assert!(!out.status.success(), "both set is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("orphanDependents and deletionPropagation cannot be both set"),
+        "{err}"
+    );
+    assert!(exists("both"), "a refused delete deletes nothing");
+    let owner = c.json(&["get", "configmap", "both"]);
+    assert!(
+        owner["metadata"].get("deletionTimestamp").is_none(),
+        "{owner}"
+    );
+}

@@ -1110,3 +1110,201 @@ fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
     let history = c.ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains("\n1 "), "{history}");
 }
+
+fn replicaset(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: {name}
+        image: busybox:1.36
+        command: ["sleep", "3600"]
+        resources:
+          requests: {{cpu: 100m}}
+"#
+    )
+}
+
+/// The sorted uids of these objects.
+fn uids(items: &[Value]) -> Vec<String> {
+    let mut u: Vec<String> = items
+        .iter()
+        .map(|o| s(o, &["metadata", "uid"]).to_owned())
+        .collect();
+    u.sort();
+    u
+}
+
+/// Whether `kubectl get <kind> <name>` says NotFound.
+fn gone(c: &Controller, kind: &str, name: &str) -> bool {
+    let out = c.kubectl(&["get", kind, name], None);
+    !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound")
+}
+
+/// For `secs` seconds, `check` holds at every look (4 a second).
+fn holds_for(secs: u64, mut check: impl FnMut()) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        check();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `kubectl delete rs --cascade=orphan`: the ReplicaSet goes and its pods stay — the
+/// same pods, none new, none terminating, without owner references — seconds later.
+#[test]
+fn an_orphan_delete_of_a_replicaset_leaves_its_pods() {
+    let c = Controller::start();
+    let nodes = ["n1", "n2"];
+    for n in nodes {
+        c.node(n, "4", "", "");
+    }
+    let _kubelet = Kubelet::start(&c, &nodes, false);
+    c.apply(&replicaset("keep", 3));
+    c.wait("3 ready pods", Duration::from_secs(30), || {
+        let pods = live_pods(&c, "app=keep");
+        pods.len() == 3 && pods.iter().all(ready)
+    });
+    let before = uids(&c.items(&["get", "pods", "-l", "app=keep"]));
+
+    // kubectl waits until the ReplicaSet is gone.
+    c.ok(&["delete", "rs", "keep", "--cascade=orphan"]);
+    assert!(gone(&c, "rs", "keep"), "the ReplicaSet is deleted");
+    holds_for(5, || {
+        let pods = c.items(&["get", "pods", "-l", "app=keep"]);
+        assert_eq!(uids(&pods), before, "the same pods stay: {pods:?}");
+        for p in &pods {
+            assert!(!terminating(p), "an orphaned pod is being deleted: {p}");
+            assert!(
+                p["metadata"]["ownerReferences"].is_null(),
+                "an orphaned pod keeps an owner: {}",
+                p["metadata"]
+            );
+        }
+    });
+}
+
+/// `kubectl delete deployment --cascade=orphan`: its ReplicaSet stays (the same one,
+/// without owner references, no new one made) and so do the ReplicaSet's pods.
+#[test]
+fn an_orphan_delete_of_a_deployment_leaves_its_replicaset_and_pods() {
+    let c = Controller::start();
+    let nodes = ["n1", "n2"];
+    for n in nodes {
+        c.node(n, "4", "", "");
+    }
+    let _kubelet = Kubelet::start(&c, &nodes, false);
+    c.apply(&deployment("web", 3, "busybox:1.36", "100m", ""));
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let sets = c.items(&["get", "rs", "-l", "app=web"]);
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let rs_name = s(&sets[0], &["metadata", "name"]).to_owned();
+    let rs_uid = s(&sets[0], &["metadata", "uid"]).to_owned();
+    let pods_before = uids(&c.items(&["get", "pods", "-l", "app=web"]));
+    assert_eq!(pods_before.len(), 3);
+
+    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+    assert!(gone(&c, "deployment", "web"), "the Deployment is deleted");
+    holds_for(5, || {
+        let sets = c.items(&["get", "rs", "-l", "app=web"]);
+        assert_eq!(uids(&sets), vec![rs_uid.clone()], "the same one ReplicaSet");
+        assert!(
+            sets[0]["metadata"]["ownerReferences"].is_null(),
+            "the orphaned ReplicaSet keeps an owner: {}",
+            sets[0]["metadata"]
+        );
+        assert!(sets[0]["metadata"]["deletionTimestamp"].is_null());
+        let pods = c.items(&["get", "pods", "-l", "app=web"]);
+        assert_eq!(uids(&pods), pods_before, "the same pods stay: {pods:?}");
+        for p in &pods {
+            assert!(!terminating(p), "a pod is being deleted: {p}");
+            assert_eq!(s(p, &["metadata", "ownerReferences", "0", "uid"]), rs_uid);
+        }
+    });
+    // The ReplicaSet still keeps its pods: one deleted is replaced.
+    let victim = s(
+        &c.items(&["get", "pods", "-l", "app=web"])[0],
+        &["metadata", "name"],
+    )
+    .to_owned();
+    c.ok(&["delete", "pod", &victim, "--wait=false"]);
+    c.wait("3 ready pods again", Duration::from_secs(30), || {
+        let pods = live_pods(&c, "app=web");
+        pods.len() == 3
+            && pods.iter().all(ready)
+            && pods.iter().all(|p| s(p, &["metadata", "name"]) != victim)
+    });
+    c.wait(
+        "the ReplicaSet to count 3 ready replicas",
+        Duration::from_secs(20),
+        || c.json(&["get", "rs", &rs_name])["status"]["readyReplicas"] == 3,
+    );
+}
+
+/// Cascading deletes still take the dependents: kubectl's default (background) takes a
+/// Deployment's ReplicaSet and pods; a foreground delete keeps the ReplicaSet, marked,
+/// while its pods wait for their node, and it goes once they are gone.
+#[test]
+fn background_and_foreground_deletes_take_the_dependents() {
+    let c = Controller::start();
+    let nodes = ["n1", "n2"];
+    for n in nodes {
+        c.node(n, "4", "", "");
+    }
+    let kubelet = Kubelet::start(&c, &nodes, false);
+    c.apply(&deployment("bg", 2, "busybox:1.36", "100m", ""));
+    c.apply(&replicaset("fg", 2));
+    c.ok(&["rollout", "status", "deployment/bg", "--timeout=60s"]);
+    c.wait("2 ready fg pods", Duration::from_secs(30), || {
+        let pods = live_pods(&c, "app=fg");
+        pods.len() == 2 && pods.iter().all(ready)
+    });
+
+    c.ok(&["delete", "deployment", "bg"]);
+    c.wait(
+        "the Deployment's ReplicaSet and pods to go",
+        Duration::from_secs(30),
+        || {
+            c.items(&["get", "rs", "-l", "app=bg"]).is_empty()
+                && c.items(&["get", "pods", "-l", "app=bg"]).is_empty()
+        },
+    );
+
+    // No node finishes the pods for now: the ReplicaSet must wait for them.
+    for n in nodes {
+        kubelet.set_alive(n, false);
+    }
+    c.ok(&["delete", "rs", "fg", "--cascade=foreground", "--wait=false"]);
+    c.wait("the pods to terminate", Duration::from_secs(20), || {
+        let pods = c.items(&["get", "pods", "-l", "app=fg"]);
+        pods.len() == 2 && pods.iter().all(terminating)
+    });
+    holds_for(2, || {
+        let rs = c.json(&["get", "rs", "fg"]);
+        assert!(!rs["metadata"]["deletionTimestamp"].is_null(), "{rs}");
+        assert_eq!(
+            rs["metadata"]["finalizers"],
+            serde_json::json!(["foregroundDeletion"]),
+            "{}",
+            rs["metadata"]
+        );
+    });
+    for n in nodes {
+        kubelet.set_alive(n, true);
+    }
+    c.wait(
+        "the ReplicaSet and its pods to go",
+        Duration::from_secs(30),
+        || gone(&c, "rs", "fg") && c.items(&["get", "pods", "-l", "app=fg"]).is_empty(),
+    );
+}

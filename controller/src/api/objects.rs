@@ -881,7 +881,10 @@ fn deletion_finalizers(current: &[Value], policy: Option<&str>) -> Vec<Value> {
 /// Whether two finalizer lists hold the same names.
 fn same_finalizers(a: &[Value], b: &[Value]) -> bool {
     let names = |l: &[Value]| {
-        let mut n: Vec<String> = l.iter().map(|f| f.as_str().unwrap_or("").to_owned()).collect();
+        let mut n: Vec<String> = l
+            .iter()
+            .map(|f| f.as_str().unwrap_or("").to_owned())
+            .collect();
         n.sort();
         n.dedup();
         n

@@ -5,8 +5,8 @@
 
 use super::Ctx;
 use super::events;
-use crate::api::meta::{self, metadata_mut};
 use crate::api::binding;
+use crate::api::meta::{self, metadata_mut};
 use crate::api::objects::{
     DeleteOpts, WriteOpts, create_object, delete_object, key_of, update_object,
 };
@@ -335,7 +335,11 @@ async fn one(
             name,
             owner,
         } => {
-            let owner = serde_json::to_value(&owner).expect("owner refs serialize");
+            // The owner is read again from the store right before each write attempt
+            // (upstream's RecheckDeletionTimestamp): one gone, replaced or being deleted
+            // adopts nothing — the garbage collector may be orphaning these pods.
+            let value = serde_json::to_value(&owner).expect("owner refs serialize");
+            let mut recheck = Ok(());
             let r = modify(ctx, pods, &namespace, &name, None, MANAGER, |v| {
                 let refs = &mut metadata_mut(v)
                     .entry("ownerReferences")
@@ -346,10 +350,19 @@ async fn one(
                 if refs.iter().any(|r| r["controller"] == true) {
                     return false;
                 }
-                refs.push(owner.clone());
+                match crate::loops::gc::may_adopt(&ctx.api, &namespace, &owner) {
+                    Ok(true) => {}
+                    Ok(false) => return false,
+                    Err(e) => {
+                        recheck = Err(e);
+                        return false;
+                    }
+                }
+                refs.push(value.clone());
                 true
             })
             .await?;
+            recheck?;
             if let Some(v) = r {
                 out.wrote(pods, &v);
             }

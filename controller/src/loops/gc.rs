@@ -1,15 +1,20 @@
 //! Garbage collection and namespace deletion, one reconciler woken after deletions
 //! (and every 30 s): dependents whose owners are gone are deleted (background),
-//! owners in foreground deletion wait for their dependents, orphaning strips owner
-//! references, and terminating namespaces are emptied and then removed.
+//! owners in foreground deletion wait for their dependents, owners marked `orphan`
+//! (propagationPolicy=Orphan) first have the references to them stripped from their
+//! dependents and then go, and terminating namespaces are emptied and then removed.
+//! Also the fresh owner check that adoption makes (upstream's RecheckDeletionTimestamp).
 
 use crate::api::Api;
 use crate::api::meta;
-use crate::api::objects::{DeleteOpts, delete_object, key_of};
+use crate::api::objects::{
+    DeleteOpts, FOREGROUND_FINALIZER, ORPHAN_FINALIZER, delete_object, key_of,
+};
 use crate::api::registry::{RESOURCES, Resource};
-use crate::api::status::ApiResult;
+use crate::api::status::{ApiError, ApiResult};
 use flotilla_store::{Key, StoreError};
-use serde_json::json;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +28,7 @@ struct Entry {
     owners: Vec<String>,
     deleting: bool,
     foreground: bool,
+    orphan: bool,
     no_finalizers: bool,
 }
 
@@ -91,7 +97,8 @@ fn all_objects(api: &Api) -> ApiResult<Vec<Entry>> {
                     uid: m.uid,
                     owners: m.owner_references.into_iter().map(|r| r.uid).collect(),
                     deleting: m.deletion_timestamp.is_some(),
-                    foreground: m.finalizers.iter().any(|f| f == "foregroundDeletion"),
+                    foreground: m.finalizers.iter().any(|f| f == FOREGROUND_FINALIZER),
+                    orphan: m.finalizers.iter().any(|f| f == ORPHAN_FINALIZER),
                     no_finalizers: m.finalizers.is_empty(),
                 });
             }
@@ -156,13 +163,32 @@ async fn pass(api: &Api) -> ApiResult<bool> {
         }
     }
 
+    // A dependent without owners is deleted as it asks itself: an `orphan` or
+    // `foregroundDeletion` finalizer it carries is kept (no policy), as upstream does.
+    let collect = DeleteOpts {
+        policy: None,
+        ..background.clone_opts()
+    };
     for e in &objs {
         // Foreground deletion completes when no dependent remains.
         if e.deleting && e.foreground {
             if !referenced.contains(e.uid.as_str()) {
-                remove_finalizer(api, e, "foregroundDeletion").await?;
+                remove_finalizer(api, e, FOREGROUND_FINALIZER).await?;
                 changed = true;
             }
+            continue;
+        }
+        // Orphaning: the dependents lose their reference to the owner, and only in a
+        // later pass that finds none left does the owner lose its finalizer (and go).
+        if e.deleting && e.orphan {
+            if referenced.contains(e.uid.as_str()) {
+                for d in objs.iter().filter(|d| d.owners.contains(&e.uid)) {
+                    strip_owner(api, &d.key, &e.uid).await?;
+                }
+            } else {
+                remove_finalizer(api, e, ORPHAN_FINALIZER).await?;
+            }
+            changed = true;
             continue;
         }
         if e.owners.is_empty() || e.deleting {
@@ -174,7 +200,7 @@ async fn pass(api: &Api) -> ApiResult<bool> {
             .filter_map(|u| by_uid.get(u.as_str()))
             .collect();
         if live.is_empty() {
-            ignore_gone(delete_object(api, e.res, &e.key, &background).await)?;
+            ignore_gone(delete_object(api, e.res, &e.key, &collect).await)?;
             changed = true;
         } else if live.iter().all(|o| o.deleting && o.foreground) {
             ignore_gone(delete_object(api, e.res, &e.key, &foreground).await)?;
@@ -209,13 +235,23 @@ async fn remove_finalizer(api: &Api, e: &Entry, f: &str) -> ApiResult<()> {
         return Ok(());
     };
     let mut v = meta::decode(&cur.value, cur.revision);
+    if v["metadata"]["uid"] != e.uid.as_str()
+        || !v["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x == f))
+    {
+        return Ok(());
+    }
     if let Some(list) = v["metadata"]["finalizers"].as_array_mut() {
         list.retain(|x| x != f);
     }
-    let empty = v["metadata"]["finalizers"]
+    if v["metadata"]["finalizers"]
         .as_array()
-        .is_none_or(|a| a.is_empty());
-    let r = if empty && !v["metadata"]["deletionTimestamp"].is_null() {
+        .is_some_and(|a| a.is_empty())
+    {
+        meta::metadata_mut(&mut v).remove("finalizers");
+    }
+    let r = if finalized(&v) {
         api.store
             .delete(&e.key, Some(cur.revision))
             .await
@@ -256,42 +292,106 @@ async fn finalize_namespace(api: &Api, ns: &str) -> ApiResult<()> {
     }
 }
 
-/// Removes owner references to `uid` from every object in `ns` (and cluster-scoped
-/// ones): the dependents survive their owner (propagationPolicy=Orphan).
-pub async fn orphan_dependents(api: &Api, uid: &str, ns: &str) -> ApiResult<()> {
-    for res in RESOURCES {
-        let scope = if res.namespaced {
-            Some(ns).filter(|n| !n.is_empty())
-        } else {
-            None
+/// Whether an object being deleted is done: no finalizer left, a namespace emptied
+/// (no `spec.finalizers`), a pod's grace period over (its node confirmed), as the API
+/// layer's update decides.
+fn finalized(v: &Value) -> bool {
+    let none = |l: &Value| l.as_array().is_none_or(|a| a.is_empty());
+    !v["metadata"]["deletionTimestamp"].is_null()
+        && none(&v["metadata"]["finalizers"])
+        && none(&v["spec"]["finalizers"])
+        && v["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(0)
+            <= 0
+}
+
+/// Removes the owner reference to `uid` from the object at `key` (read fresh, retried
+/// on conflicts); a dependent already gone is fine.
+async fn strip_owner(api: &Api, key: &Key, uid: &str) -> ApiResult<()> {
+    for _ in 0..5 {
+        let Some(cur) = api.store.get(key)? else {
+            return Ok(());
         };
-        if res.namespaced && scope.is_none() {
-            continue;
+        let mut v = meta::decode(&cur.value, cur.revision);
+        let Some(refs) = v["metadata"]["ownerReferences"].as_array_mut() else {
+            return Ok(());
+        };
+        let before = refs.len();
+        refs.retain(|r| r["uid"] != uid);
+        if refs.len() == before {
+            return Ok(());
         }
-        let page = api.store.list(&res.store_name(), scope, None, None)?;
-        for o in page.items {
-            let mut v = meta::decode(&o.value, o.revision);
-            let Some(refs) = v["metadata"]["ownerReferences"].as_array_mut() else {
-                continue;
-            };
-            let before = refs.len();
-            refs.retain(|r| r["uid"] != uid);
-            if refs.len() == before {
-                continue;
-            }
-            if refs.is_empty() {
-                meta::metadata_mut(&mut v).remove("ownerReferences");
-            }
-            let key = key_of(res, Some(&o.key.namespace), &o.key.name);
-            match api
-                .store
-                .update(key, meta::encode(&v), Some(o.revision))
-                .await
-            {
-                Ok(_) | Err(StoreError::NotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
+        if refs.is_empty() {
+            meta::metadata_mut(&mut v).remove("ownerReferences");
+        }
+        match api
+            .store
+            .update(key.clone(), meta::encode(&v), Some(cur.revision))
+            .await
+        {
+            Ok(_) | Err(StoreError::NotFound) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Err(ApiError::internal(format!(
+        "orphaning {}/{}: too many conflicts",
+        key.namespace, key.name
+    )))
+}
+
+/// Upstream's RecheckDeletionTimestamp, read fresh from the store (not a cache): may
+/// the owner `r` names in namespace `ns` adopt? Only if it exists with that uid and is
+/// not being deleted — an owner being deleted must not take back what the collector
+/// is orphaning from it.
+pub fn may_adopt(api: &Api, ns: &str, r: &OwnerReference) -> ApiResult<bool> {
+    let Some(res) = RESOURCES
+        .iter()
+        .find(|res| res.kind == r.kind && res.api_version() == r.api_version)
+    else {
+        return Ok(false);
+    };
+    let Some(cur) = api.store.get(&key_of(res, Some(ns), &r.name))? else {
+        return Ok(false);
+    };
+    let slim: Slim = serde_json::from_slice(&cur.value).unwrap_or_default();
+    Ok(slim.metadata.uid == r.uid && slim.metadata.deletion_timestamp.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finalized;
+    use serde_json::json;
+
+    #[test]
+    fn an_object_is_finalized_only_when_nothing_holds_it() {
+        let deleting = |md: serde_json::Value, spec: serde_json::Value| {
+            let mut v = json!({"metadata": md, "spec": spec});
+            v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            v
+        };
+        assert!(finalized(&deleting(json!({}), json!({}))));
+        assert!(finalized(&deleting(json!({"finalizers": []}), json!({}))));
+        assert!(!finalized(&json!({"metadata": {}})), "not being deleted");
+        assert!(!finalized(&deleting(
+            json!({"finalizers": ["orphan"]}),
+            json!({})
+        )));
+        assert!(
+            !finalized(&deleting(json!({}), json!({"finalizers": ["kubernetes"]}))),
+            "a namespace not yet emptied"
+        );
+        assert!(
+            !finalized(&deleting(
+                json!({"deletionGracePeriodSeconds": 30}),
+                json!({"nodeName": "n1"})
+            )),
+            "a pod its node has not confirmed"
+        );
+        assert!(finalized(&deleting(
+            json!({"deletionGracePeriodSeconds": 0}),
+            json!({"nodeName": "n1"})
+        )));
+    }
 }
