@@ -26,6 +26,11 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the node report is rebuilt and sent if it changed.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often the node report is sent even when nothing changed, as the kubelet's
+/// `nodeStatusReportFrequency`: it registers the Node again if someone deleted it
+/// while the link was up, and repairs a status write the controller lost.
+pub const REPORT_REFRESH: Duration = Duration::from_secs(300);
+
 /// Silence after which the link is taken for dead (the hub answers every ping).
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -137,7 +142,18 @@ async fn write_loop(mut writer: WriteHalf<Conn>, outbox: Receiver<Frame>) -> Res
     Ok(())
 }
 
-/// Pings, and a fresh node report when the machine changed (images, pressures, …).
+/// At the `n`th ping (one every `every`): whether to rebuild the node report, and
+/// whether to send it even if it did not change.
+fn report_due(n: u64, every: Duration) -> (bool, bool) {
+    let ticks = |d: Duration| (d.as_millis() / every.as_millis().max(1)).max(1) as u64;
+    (
+        n.is_multiple_of(ticks(REPORT_INTERVAL)),
+        n.is_multiple_of(ticks(REPORT_REFRESH)),
+    )
+}
+
+/// Pings, and a fresh node report when the machine changed (images, pressures, …)
+/// or, unchanged, every [`REPORT_REFRESH`].
 async fn ping_loop(
     out: Sender<Frame>,
     config: ReportConfig,
@@ -145,17 +161,17 @@ async fn ping_loop(
     every: Duration,
 ) {
     let mut n: u64 = 0;
-    let reports_every = (REPORT_INTERVAL.as_millis() / every.as_millis().max(1)).max(1) as u64;
     loop {
         smol::Timer::after(every).await;
         n += 1;
         if out.send(Frame::Ping(n)).await.is_err() {
             return;
         }
-        if n.is_multiple_of(reports_every) {
+        let (rebuild, resend) = report_due(n, every);
+        if rebuild {
             let config = config.clone();
             let report = smol::unblock(move || node_report::collect(&config)).await;
-            if report != last {
+            if report != last || resend {
                 if out.send(Frame::NodeReport(report.clone())).await.is_err() {
                     return;
                 }
@@ -225,5 +241,30 @@ async fn read_loop<W: Workload>(
                 "ignoring an unexpected frame from the controller"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_report_is_rebuilt_every_minute_and_resent_every_five() {
+        let every = PING_INTERVAL;
+        assert_eq!(report_due(1, every), (false, false));
+        assert_eq!(
+            report_due(6, every),
+            (true, false),
+            "60 s: rebuilt, sent if changed"
+        );
+        assert_eq!(report_due(12, every), (true, false));
+        assert_eq!(
+            report_due(30, every),
+            (true, true),
+            "300 s: sent unchanged too"
+        );
+        assert_eq!(report_due(60, every), (true, true));
+        // A ping interval longer than both still reports on every ping.
+        assert_eq!(report_due(1, Duration::from_secs(600)), (true, true));
     }
 }
