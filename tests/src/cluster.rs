@@ -175,6 +175,7 @@ pub struct Cluster {
     // and the directories go.
     agents: Vec<Agent>,
     controller: Process,
+    controller_args: Vec<String>,
     cg: TestCgroup,
     control: Node,
     lan: Lan,
@@ -195,37 +196,24 @@ impl Cluster {
             .prefix(&format!("flotilla-{label}-"))
             .tempdir()
             .expect("a temporary directory");
-        let hub = format!("{CONTROLLER_IP}:{HUB_PORT}");
-        let mut cmd = Command::new(bin("flotilla-controller"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("controller"))
-            .args(["--listen", API, "--hub-listen", &hub])
-            .args(["--tls-san", CONTROLLER_IP])
-            .args(controller_args);
-        let mut controller = control.spawn(cmd).named("flotilla-controller");
-        for addr in [API.to_string(), hub] {
-            let addr = addr.parse().unwrap();
-            // The API is on the controller node's own loopback: wait from inside it.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while control.connect(addr, Duration::from_secs(1)).is_err() {
-                if !controller.is_running() || Instant::now() > deadline {
-                    panic!(
-                        "the controller does not listen on {addr}\n{}",
-                        controller.output()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        let controller_args: Vec<String> = controller_args.iter().map(|a| a.to_string()).collect();
+        let controller = spawn_controller(&control, dir.path(), &controller_args);
         Cluster {
             agents: Vec::new(),
             controller,
+            controller_args,
             cg,
             control,
             lan,
             dir,
         }
+    }
+
+    /// Stops the controller (SIGTERM by PID) and starts it again on the same data
+    /// dir and flags; returns once its API and hub listen again.
+    pub fn restart_controller(&mut self) {
+        self.controller.stop();
+        self.controller = spawn_controller(&self.control, self.dir.path(), &self.controller_args);
     }
 
     /// The controller's node token (what `--token` takes).
@@ -427,6 +415,35 @@ impl Cluster {
         ));
         text
     }
+}
+
+/// `flotilla-controller serve` in `control` with its data in `dir/controller`, the API
+/// on the node's loopback and the hub on the LAN, once both listen.
+fn spawn_controller(control: &Node, dir: &std::path::Path, args: &[String]) -> Process {
+    let hub = format!("{CONTROLLER_IP}:{HUB_PORT}");
+    let mut cmd = Command::new(bin("flotilla-controller"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("controller"))
+        .args(["--listen", API, "--hub-listen", &hub])
+        .args(["--tls-san", CONTROLLER_IP])
+        .args(args);
+    let mut controller = control.spawn(cmd).named("flotilla-controller");
+    for addr in [API.to_string(), hub] {
+        let addr = addr.parse().unwrap();
+        // The API is on the controller node's own loopback: wait from inside it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while control.connect(addr, Duration::from_secs(1)).is_err() {
+            if !controller.is_running() || Instant::now() > deadline {
+                panic!(
+                    "the controller does not listen on {addr}\n{}",
+                    controller.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    controller
 }
 
 /// The status of a Node's Ready condition ("True", "False", "Unknown"; "" if none).

@@ -18,6 +18,8 @@
 //! 4. a rollout restart replaces every pod while staying available;
 //! 5. an agent that joins later gets the DaemonSet's pod;
 //! 6. a Job with parallelism 2 and completions 4 completes with real containers;
+//! 7. the controller restarts: every agent reconnects, the nodes stay Ready and every
+//!    pod keeps its container;
 //!
 //! then deleting everything empties every node's runtime and pod cgroups, and the
 //! host's network namespace is unchanged.
@@ -144,6 +146,8 @@ fn a_fleet_of_real_agents_runs_places_and_heals_workloads() {
     eprintln!("node join checked at {:?}", started.elapsed());
     job(&cluster);
     eprintln!("job checked at {:?}", started.elapsed());
+    controller_restart(&mut cluster);
+    eprintln!("controller restart checked at {:?}", started.elapsed());
 
     // Deleting the workloads stops every container on every node.
     cluster.ok(
@@ -594,4 +598,43 @@ spec:
         assert_eq!(terminated["reason"], "Completed", "{terminated}");
     }
     assert_eq!(cluster.ok(&["logs", name(&pods[0])], None), "done\n");
+}
+
+/// Check 7: the controller restarts under the fleet; every agent reconnects, the
+/// nodes stay Ready and every pod keeps its container (no restart).
+fn controller_restart(cluster: &mut Cluster) {
+    let containers = |cluster: &Cluster| -> BTreeMap<String, (String, Value)> {
+        cluster
+            .items(&["get", "pods", "-l", "app in (web,north,probe)"])
+            .iter()
+            .map(|p| {
+                let id = container_id(p).unwrap_or("").to_string();
+                let restarts = p["status"]["containerStatuses"][0]["restartCount"].clone();
+                (name(p).to_string(), (id, restarts))
+            })
+            .collect()
+    };
+    let before = containers(cluster);
+    assert_eq!(before.len(), 9, "3 web, 2 north, 4 probe: {before:?}");
+    cluster.restart_controller();
+    cluster.until(
+        "every agent connected to the new controller",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .controller()
+                .output()
+                .matches("node session up")
+                .count()
+                >= 4
+        },
+    );
+    let nodes = cluster.items(&["get", "nodes"]);
+    assert_eq!(nodes.len(), 4);
+    for n in &nodes {
+        assert_eq!(node_ready(n), "True", "{} stays Ready", name(n));
+    }
+    assert_eq!(containers(cluster), before, "same containers, no restarts");
+    let pods = live_pods(cluster, "web");
+    assert!(running_on_their_agents(cluster, &pods));
 }
