@@ -1,6 +1,7 @@
 //! The resource registry: every served kind with its group/version, plural, scope,
-//! short names, subresources, store prefix and typed schema (for decoding, unknown
-//! field detection and OpenAPI).
+//! short names, subresources, store prefix and typed schema (for decoding and unknown
+//! field detection; in tests also the schemars schema the embedded OpenAPI documents
+//! are generated from).
 
 use k8s_openapi::api::{apps, batch, coordination, core};
 use serde::Serialize;
@@ -11,6 +12,7 @@ use serde_json::Value;
 /// form of the object, with unknown fields dropped.
 pub type Normalize = fn(&Value) -> Result<Value, String>;
 /// The JSON schema of the kind (schemars, from k8s-openapi).
+#[cfg(test)]
 pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 /// One served resource.
@@ -24,8 +26,11 @@ pub struct Resource {
     pub short_names: &'static [&'static str],
     pub subresources: &'static [&'static str],
     pub normalize: Normalize,
+    /// Only tests generate OpenAPI, so the binary carries no schemars code.
+    #[cfg(test)]
     pub schema: SchemaFn,
     /// Definition name used in OpenAPI, e.g. `io.k8s.api.core.v1.Pod`.
+    #[cfg(test)]
     pub definition: &'static str,
 }
 
@@ -63,6 +68,7 @@ fn normalize<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String
     serde_json::to_value(&t).map_err(|e| e.to_string())
 }
 
+#[cfg(test)]
 fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
 }
@@ -79,7 +85,9 @@ macro_rules! res {
             short_names: $short,
             subresources: $subs,
             normalize: normalize::<$ty>,
+            #[cfg(test)]
             schema: schema::<$ty>,
+            #[cfg(test)]
             definition: $def,
         }
     };
