@@ -5,7 +5,7 @@
 //! objects; the pod cache holds compact [`PodRecord`]s.
 
 use super::Ctx;
-use super::podrec::{PodRecord, Specs};
+use super::podrec::{Interner, PodRecord};
 use crate::api::meta;
 use flotilla_store::{EventKind, StoreError};
 use k8s_openapi::Metadata;
@@ -59,9 +59,9 @@ impl<T: Object> Cached for T {
 }
 
 impl Cached for PodRecord {
-    type Shared = Specs;
-    fn decode(value: &[u8], revision: u64, specs: &Specs) -> Option<PodRecord> {
-        PodRecord::decode(value, revision, specs)
+    type Shared = Interner;
+    fn decode(value: &[u8], revision: u64, shared: &Interner) -> Option<PodRecord> {
+        PodRecord::decode(value, revision, shared)
             .map_err(|e| tracing::warn!(error = %e, "undecodable pod in the store"))
             .ok()
     }

@@ -31,7 +31,7 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration>
                     .pods
                     .list_ns(&key.0)
                     .iter()
-                    .filter(|p| map_selector_matches(sel, p.labels.as_ref().unwrap_or(&empty)))
+                    .filter(|p| map_selector_matches(sel, p.labels.as_deref().unwrap_or(&empty)))
                     .map(|p| p.to_pod(true))
                     .collect(),
             };

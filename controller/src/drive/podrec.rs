@@ -1,8 +1,9 @@
 //! The pod cache's compact record: only what the loops read of a pod (identity,
 //! labels, owners, timestamps, the deletion-cost annotation, nodeName, phase, the Ready
 //! and PodScheduled conditions, addresses, restart counts), decoded straight from the
-//! stored JSON by a slim serde view that skips everything else. The spec is interned
-//! ([`Specs`]): pods stamped from one template share one `Arc<PodSpec>`, decoded once.
+//! stored JSON by a slim serde view that skips everything else. Spec, labels and owner
+//! references are interned ([`Interner`]): pods stamped from one template share one
+//! `Arc<PodSpec>`, decoded once, and one label set and owner list.
 //! The pure scheduler and controllers take k8s-openapi `Pod`s; [`PodRecord::to_pod`]
 //! makes a transient one, with or without the spec.
 
@@ -43,10 +44,10 @@ pub struct PodRecord {
     pub name: Box<str>,
     pub uid: Option<Box<str>>,
     pub resource_version: u64,
-    pub labels: Option<BTreeMap<String, String>>,
+    pub labels: Option<Arc<BTreeMap<String, String>>>,
     /// `controller.kubernetes.io/pod-deletion-cost`, the one annotation a loop reads.
     pub deletion_cost: Option<Box<str>>,
-    pub owner_references: Box<[OwnerReference]>,
+    pub owner_references: Option<Arc<[OwnerReference]>>,
     pub creation_timestamp: Option<Timestamp>,
     pub deletion_timestamp: Option<Timestamp>,
     /// The spec without `nodeName` (interned).
@@ -61,34 +62,82 @@ pub struct PodRecord {
     pub init_restarts: Box<[i32]>,
 }
 
-/// Interned pod specs, keyed by their JSON without `nodeName` (fields sorted). An entry
-/// dies with the last record holding its spec and is swept as the table grows.
+/// What records share, each part keyed by its stored JSON: specs (without `nodeName`,
+/// fields sorted), label sets, owner reference lists and namespace names. An entry dies
+/// with the last record holding it and is swept as its table grows.
 #[derive(Default)]
-pub struct Specs {
-    inner: Mutex<SpecTable>,
+pub struct Interner {
+    inner: Mutex<Tables>,
 }
 
 #[derive(Default)]
-struct SpecTable {
-    map: HashMap<Box<[u8]>, Weak<PodSpec>>,
+struct Tables {
+    specs: Table<PodSpec>,
+    labels: Table<BTreeMap<String, String>>,
+    owners: Table<[OwnerReference]>,
+    namespaces: Table<str>,
+}
+
+/// One kind of shared part.
+struct Table<T: ?Sized> {
+    map: HashMap<Box<[u8]>, Weak<T>>,
     /// Size of the table after the last sweep.
     swept_at: usize,
-    /// Interned namespace names (records of one namespace share one `Arc<str>`).
-    namespaces: HashMap<Box<str>, Weak<str>>,
 }
 
-impl Specs {
+impl<T: ?Sized> Default for Table<T> {
+    fn default() -> Table<T> {
+        Table {
+            map: HashMap::new(),
+            swept_at: 0,
+        }
+    }
+}
+
+impl<T: ?Sized> Table<T> {
+    /// The live part stored under `key`, else the one `make` decodes.
+    fn get_or(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce() -> Result<Arc<T>, String>,
+    ) -> Result<Arc<T>, String> {
+        if let Some(v) = self.map.get(key).and_then(Weak::upgrade) {
+            return Ok(v);
+        }
+        let v = make()?;
+        self.map.insert(key.into(), Arc::downgrade(&v));
+        if self.map.len() >= (2 * self.swept_at).max(64) {
+            self.map.retain(|_, w| w.strong_count() > 0);
+            self.swept_at = self.map.len();
+        }
+        Ok(v)
+    }
+
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.map.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, String> {
+    serde_json::from_str(raw.get()).map_err(|e| e.to_string())
+}
+
+impl Interner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The shared spec for `raw` (a pod's `spec` JSON), decoding it only when no live
     /// record shares it. Also returns the `nodeName`.
-    fn intern(&self, raw: &RawValue) -> Result<(Arc<PodSpec>, Option<Box<str>>), String> {
+    fn spec(&self, raw: &RawValue) -> Result<(Arc<PodSpec>, Option<Box<str>>), String> {
         let fields: BTreeMap<Cow<'_, str>, &RawValue> =
             serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
         let mut node_name = None;
         let mut canonical = Vec::with_capacity(raw.get().len());
         for (k, v) in &fields {
             if k == "nodeName" {
-                node_name = serde_json::from_str::<Option<String>>(v.get())
-                    .map_err(|e| e.to_string())?
+                node_name = json::<Option<String>>(v)?
                     .filter(|n| !n.is_empty())
                     .map(String::into_boxed_str);
                 continue;
@@ -98,38 +147,31 @@ impl Specs {
             canonical.extend_from_slice(v.get().as_bytes());
             canonical.push(0);
         }
-        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(spec) = t.map.get(canonical.as_slice()).and_then(Weak::upgrade) {
-            return Ok((spec, node_name));
-        }
-        let mut spec: PodSpec = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-        spec.node_name = None;
-        let spec = Arc::new(spec);
-        t.map
-            .insert(canonical.into_boxed_slice(), Arc::downgrade(&spec));
-        if t.map.len() >= (2 * t.swept_at).max(64) {
-            t.map.retain(|_, w| w.strong_count() > 0);
-            t.namespaces.retain(|_, w| w.strong_count() > 0);
-            t.swept_at = t.map.len().max(t.namespaces.len());
-        }
+        let spec = self.lock().specs.get_or(&canonical, || {
+            let mut spec: PodSpec = json(raw)?;
+            spec.node_name = None;
+            Ok(Arc::new(spec))
+        })?;
         Ok((spec, node_name))
     }
 
-    fn namespace(&self, ns: &str) -> Arc<str> {
-        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = t.namespaces.get(ns).and_then(Weak::upgrade) {
-            return a;
-        }
-        let a: Arc<str> = Arc::from(ns);
-        t.namespaces.insert(ns.into(), Arc::downgrade(&a));
-        a
+    fn labels(&self, raw: &RawValue) -> Result<Arc<BTreeMap<String, String>>, String> {
+        self.lock()
+            .labels
+            .get_or(raw.get().as_bytes(), || json(raw).map(Arc::new))
     }
 
-    /// How many distinct specs live records share.
-    #[cfg(test)]
-    pub fn live(&self) -> usize {
-        let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        t.map.values().filter(|w| w.strong_count() > 0).count()
+    fn owners(&self, raw: &RawValue) -> Result<Arc<[OwnerReference]>, String> {
+        self.lock().owners.get_or(raw.get().as_bytes(), || {
+            json::<Vec<OwnerReference>>(raw).map(Arc::from)
+        })
+    }
+
+    fn namespace(&self, ns: &str) -> Arc<str> {
+        self.lock()
+            .namespaces
+            .get_or(ns.as_bytes(), || Ok(Arc::from(ns)))
+            .expect("infallible")
     }
 }
 
@@ -152,12 +194,12 @@ struct WireMeta<'a> {
     name: Option<String>,
     #[serde(default)]
     uid: Option<String>,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
+    #[serde(borrow, default)]
+    labels: Option<&'a RawValue>,
     #[serde(borrow, default)]
     annotations: Option<HashMap<Cow<'a, str>, &'a RawValue>>,
-    #[serde(default)]
-    owner_references: Option<Vec<OwnerReference>>,
+    #[serde(borrow, default)]
+    owner_references: Option<&'a RawValue>,
     #[serde(default)]
     creation_timestamp: Option<Time>,
     #[serde(default)]
@@ -218,6 +260,11 @@ struct WireTerminated {
     finished_at: Option<Time>,
 }
 
+/// A field that is there and not `null`.
+fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
+
 fn boxed(s: Option<String>) -> Option<Box<str>> {
     s.map(String::into_boxed_str)
 }
@@ -246,15 +293,15 @@ fn brief(c: &WireContainer) -> ContainerBrief {
 impl PodRecord {
     /// Decodes a stored pod (`revision` is its resourceVersion), sharing its spec and
     /// namespace through `specs`.
-    pub fn decode(value: &[u8], revision: u64, specs: &Specs) -> Result<PodRecord, String> {
+    pub fn decode(value: &[u8], revision: u64, shared: &Interner) -> Result<PodRecord, String> {
         let w: Wire<'_> = serde_json::from_slice(value).map_err(|e| e.to_string())?;
         let m = w.metadata;
-        let (spec, node_name) = match w.spec {
-            Some(raw) if raw.get() != "null" => {
-                let (s, n) = specs.intern(raw)?;
+        let (spec, node_name) = match present(w.spec) {
+            Some(raw) => {
+                let (s, n) = shared.spec(raw)?;
                 (Some(s), n)
             }
-            _ => (None, None),
+            None => (None, None),
         };
         let deletion_cost = match m
             .annotations
@@ -265,13 +312,16 @@ impl PodRecord {
             None => None,
         };
         let mut rec = PodRecord {
-            namespace: specs.namespace(m.namespace.as_deref().unwrap_or("")),
+            namespace: shared.namespace(m.namespace.as_deref().unwrap_or("")),
             name: m.name.unwrap_or_default().into_boxed_str(),
             uid: boxed(m.uid),
             resource_version: revision,
-            labels: m.labels,
+            labels: present(m.labels).map(|l| shared.labels(l)).transpose()?,
             deletion_cost,
-            owner_references: m.owner_references.unwrap_or_default().into_boxed_slice(),
+            owner_references: present(m.owner_references)
+                .map(|o| shared.owners(o))
+                .transpose()?
+                .filter(|o| !o.is_empty()),
             creation_timestamp: m.creation_timestamp.map(|t| t.0),
             deletion_timestamp: m.deletion_timestamp.map(|t| t.0),
             spec,
@@ -320,6 +370,7 @@ impl PodRecord {
     pub fn controller(&self) -> Option<&OwnerReference> {
         self.owner_references
             .iter()
+            .flat_map(|o| o.iter())
             .find(|r| r.controller == Some(true))
     }
 
@@ -400,13 +451,12 @@ impl PodRecord {
                 name: Some(self.name.to_string()),
                 uid: self.uid.as_deref().map(str::to_owned),
                 resource_version: Some(self.resource_version.to_string()),
-                labels: self.labels.clone(),
+                labels: self.labels.as_deref().cloned(),
                 annotations: self
                     .deletion_cost
                     .as_ref()
                     .map(|c| BTreeMap::from([(POD_DELETION_COST.to_owned(), c.to_string())])),
-                owner_references: (!self.owner_references.is_empty())
-                    .then(|| self.owner_references.to_vec()),
+                owner_references: self.owner_references.as_deref().map(<[_]>::to_vec),
                 creation_timestamp: self.creation_timestamp.map(Time),
                 deletion_timestamp: self.deletion_timestamp.map(Time),
                 ..ObjectMeta::default()
@@ -454,7 +504,7 @@ mod tests {
 
     #[test]
     fn a_record_keeps_what_the_loops_read_and_materializes_it() {
-        let specs = Specs::default();
+        let specs = Interner::default();
         let r = PodRecord::decode(&stored("a", Some("n1")), 42, &specs).unwrap();
         assert_eq!((&*r.namespace, &*r.name), ("prod", "a"));
         assert_eq!(r.node_name.as_deref(), Some("n1"));
@@ -511,7 +561,7 @@ mod tests {
 
     #[test]
     fn pods_of_one_template_share_one_spec_until_the_last_goes() {
-        let specs = Specs::default();
+        let specs = Interner::default();
         let a = PodRecord::decode(&stored("a", Some("n1")), 1, &specs).unwrap();
         let b = PodRecord::decode(&stored("b", Some("n2")), 2, &specs).unwrap();
         let c = PodRecord::decode(&stored("c", None), 3, &specs).unwrap();
@@ -533,14 +583,26 @@ mod tests {
             a.spec.as_ref().unwrap(),
             d.spec.as_ref().unwrap()
         ));
-        assert_eq!(specs.live(), 2);
+        assert!(Arc::ptr_eq(
+            a.labels.as_ref().unwrap(),
+            d.labels.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            a.owner_references.as_ref().unwrap(),
+            d.owner_references.as_ref().unwrap()
+        ));
+        assert_eq!(specs.lock().specs.live(), 2);
         drop((a, b, c));
-        assert_eq!(specs.live(), 1, "the spec went with its last pod");
+        assert_eq!(
+            specs.lock().specs.live(),
+            1,
+            "the spec went with its last pod"
+        );
     }
 
     #[test]
     fn a_bare_pod_decodes_and_garbage_is_an_error() {
-        let specs = Specs::default();
+        let specs = Interner::default();
         let r = PodRecord::decode(br#"{"metadata":{"name":"x"}}"#, 1, &specs).unwrap();
         let p = r.to_pod(true);
         assert!(p.spec.is_none() && p.status.is_none() && p.metadata.namespace.is_none());

@@ -1,9 +1,9 @@
 //! The scheduler loop: takes unbound pods from its queue in batches, decides each one
 //! against the in-memory [`Cluster`] (kept current by the pod and node watches), binds
-//! the placed ones concurrently through the `binding` subresource, and writes
-//! `PodScheduled=False` plus a `FailedScheduling` event for the rest. Unschedulable pods
-//! are tried again once nodes or pods changed (checked every second), and at least once
-//! a minute.
+//! the placed ones concurrently (up to [`IN_FLIGHT`] writes at once) through the
+//! `binding` subresource, and writes `PodScheduled=False` plus a `FailedScheduling`
+//! event for the rest, once per verdict. Unschedulable pods are tried again once nodes
+//! or pods changed (checked every second), and at least once a minute.
 
 use super::Ctx;
 use super::cache::ObjKey;
@@ -29,6 +29,9 @@ pub struct State {
 
 /// How many pods one pass decides before their bindings go out.
 const BATCH: usize = 512;
+/// How many of a pass's writes (bindings, conditions) are in flight at once: enough for
+/// the store's group commits, few enough that their transient objects stay small.
+const IN_FLIGHT: usize = 128;
 
 /// Whether this scheduler should place the pod now.
 fn wants_scheduling(p: &PodRecord) -> bool {
@@ -169,11 +172,13 @@ pub async fn run(ctx: Arc<Ctx>) {
                 work.push((k, placed, actions));
             }
         }
+        let slots = Arc::new(smol::lock::Semaphore::new(IN_FLIGHT));
         let tasks: Vec<_> = work
             .into_iter()
             .map(|(k, placed, actions)| {
-                let ctx = ctx.clone();
+                let (ctx, slots) = (ctx.clone(), slots.clone());
                 crate::exec::executor().spawn(async move {
+                    let _slot = slots.acquire().await;
                     let r = execute(&ctx, actions).await;
                     (k, placed, r)
                 })
