@@ -1458,3 +1458,111 @@ fn orphan_finalizers_from_legacy_bodies_and_clients_are_honoured() {
         "{owner}"
     );
 }
+
+/// A watch without a resourceVersion (as the Python client's `watch.stream` sends it)
+/// starts with one ADDED per object, streamed from a snapshot, then the changes after
+/// it: with writes going on throughout, every write is either in an object's ADDED
+/// state or arrives as its own MODIFIED, and none twice.
+#[test]
+fn watch_from_now_streams_initial_objects_then_every_later_change_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Controller::start();
+    let manifest: String = (0..150)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\ndata:\n  v: \"0\"\n---\n"
+            )
+        })
+        .collect();
+    c.ok_in(&["apply", "-f", "-"], Some(&manifest));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (kubeconfig, stop) = (c.kubeconfig(), stop.clone());
+        std::thread::spawn(move || {
+            let mut writes = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let name = format!("cm-{}", n % 10);
+                let patch = format!(r#"{{"data":{{"v":"{n}"}}}}"#);
+                let out = kubectl(
+                    &kubeconfig,
+                    &[
+                        "patch",
+                        "configmap",
+                        &name,
+                        "-p",
+                        &patch,
+                        "-o",
+                        "jsonpath={.metadata.resourceVersion}",
+                    ],
+                    None,
+                );
+                assert!(out.status.success(), "{out:?}");
+                let rv: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+                writes.push((name, rv));
+            }
+            writes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let out = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=3",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    let events: Vec<(String, String, u64)> = out
+        .lines()
+        .map(|l| {
+            let e: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            let m = &e["object"]["metadata"];
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                m["name"].as_str().unwrap().to_owned(),
+                m["resourceVersion"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let added: std::collections::HashMap<&str, u64> = events
+        .iter()
+        .filter(|(t, ..)| t == "ADDED")
+        .map(|(_, n, rv)| (n.as_str(), *rv))
+        .collect();
+    assert_eq!(added.len(), 150, "one ADDED per object:\n{out}");
+    assert_eq!(
+        events
+            .iter()
+            .take(150)
+            .filter(|(t, ..)| t == "ADDED")
+            .count(),
+        150,
+        "the initial objects come first:\n{out}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for (t, n, rv) in &events {
+        assert!(seen.insert((n.as_str(), *rv)), "{t} {n} {rv} twice:\n{out}");
+    }
+    let changes: std::collections::HashSet<(&str, u64)> = events
+        .iter()
+        .filter(|(t, ..)| t == "MODIFIED")
+        .map(|(_, n, rv)| (n.as_str(), *rv))
+        .collect();
+    let last = events.iter().map(|(.., rv)| *rv).max().unwrap();
+    let mut modified = 0;
+    for (name, rv) in writes.iter().filter(|(_, rv)| *rv <= last) {
+        let in_snapshot = added[name.as_str()] >= *rv;
+        let own_event = changes.contains(&(name.as_str(), *rv));
+        assert!(
+            in_snapshot != own_event,
+            "write {name}@{rv}: in the initial state {in_snapshot}, as an event {own_event}:\n{out}"
+        );
+        modified += usize::from(own_event);
+    }
+    assert!(
+        modified > 0,
+        "no write arrived as MODIFIED:\n{out}\n{writes:?}"
+    );
+}

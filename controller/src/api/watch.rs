@@ -1,5 +1,7 @@
 //! Watch: a chunked stream of `{"type","object"}` JSON lines from the store's change
-//! log, with initial ADDED events, selectors, bookmarks, timeouts and 410 Gone. With a
+//! log, with initial ADDED events, selectors, bookmarks, timeouts and 410 Gone. The
+//! initial events are read from one snapshot on a blocking thread and sent as they are
+//! read, so watching 10,000 objects holds no copy of them all. With a
 //! label or field selector, an object that starts matching arrives as ADDED and one
 //! that stops matching as DELETED, as Kubernetes' watch cache sends them: the DELETED
 //! carries the object's last state that matched, with the event's resourceVersion.
@@ -9,7 +11,7 @@ use super::query::Query;
 use super::status::{ApiError, ApiResult};
 use super::{Api, Body, Call, Target, meta, table};
 use bytes::Bytes;
-use flotilla_store::{EventKind, Key, StoreError};
+use flotilla_store::{EventKind, Key, Store, StoreError};
 use futures_lite::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::Response;
@@ -60,66 +62,71 @@ pub fn serve(api: &Arc<Api>, t: &Target, call: &Call) -> ApiResult<Response<Body
         }
     };
     let (tx, rx) = smol::channel::bounded::<Bytes>(256);
-    let mut initial = Vec::new();
     let filtering = call.query.label_selector.is_some() || call.query.field_selector.is_some();
     let mut transitions = Transitions::default();
-    let start = match requested {
-        Some(rv) => {
-            if filtering {
-                // What the client holds: what matched at `rv`. Objects unchanged
-                // since are known from the current list; those changed in between
-                // are settled by their first event.
-                let page = api.store.list(&store_name, ns.as_deref(), None, None)?;
-                transitions.gap_end = page.revision;
-                for o in &page.items {
-                    if o.revision <= rv
-                        && selected(&call.query, &meta::decode(&o.value, o.revision))
-                    {
-                        transitions.matching.insert(o.key.clone());
-                    }
-                }
-            }
-            rv
-        }
-        None => {
-            let page = api.store.list(&store_name, ns.as_deref(), None, None)?;
-            for o in &page.items {
-                let v = meta::decode(&o.value, o.revision);
-                if selected(&call.query, &v) {
-                    initial.push(line("ADDED", &render(&v, &o.revision.to_string())));
-                    if filtering {
-                        transitions.matching.insert(o.key.clone());
-                    }
-                }
-            }
-            page.revision
-        }
-    };
     let q = call.query.clone();
-    let watcher = api.store.watch(&store_name, ns.as_deref(), Some(start));
+    // Without a resourceVersion the watch registers now, before the snapshot of its
+    // initial events is taken; the events up to the snapshot's revision are in it and
+    // are skipped below.
+    let watcher = api.store.watch(&store_name, ns.as_deref(), requested);
     let timeout = q.timeout_seconds.map(Duration::from_secs);
     let bookmarks = q.allow_bookmarks;
     let api_version = res.api_version();
     let kind = res.kind;
+    let store = api.store.clone();
     crate::exec::spawn(async move {
         let mut watcher = match watcher {
             Ok(w) => w,
             Err(e) => {
                 let err = match e {
-                    StoreError::Gone { oldest } => {
-                        ApiError::gone(format!("too old resource version: {start} ({oldest})"))
-                    }
+                    StoreError::Gone { oldest } => ApiError::gone(format!(
+                        "too old resource version: {} ({oldest})",
+                        requested.unwrap_or_default()
+                    )),
                     other => ApiError::from(other),
                 };
                 let _ = tx.send(line("ERROR", &err.to_status())).await;
                 return;
             }
         };
-        for l in initial {
-            if tx.send(l).await.is_err() {
+        let seed = Seed {
+            store,
+            resource: store_name,
+            namespace: ns,
+            query: q.clone(),
+        };
+        let seeded = match requested {
+            Some(rv) if filtering => {
+                // What the client holds: what matched at `rv`. Objects unchanged
+                // since are known from the current list; those changed in between
+                // are settled by their first event.
+                smol::unblock(move || seed.matching_at(rv))
+                    .await
+                    .map(|(gap_end, matching)| {
+                        transitions.gap_end = gap_end;
+                        transitions.matching = matching;
+                        rv
+                    })
+            }
+            Some(rv) => Ok(rv),
+            None => {
+                let (tx, render) = (tx.clone(), render.clone());
+                smol::unblock(move || seed.initial(filtering, &render, &tx))
+                    .await
+                    .map(|(revision, matching)| {
+                        transitions.matching = matching;
+                        revision
+                    })
+            }
+        };
+        let start = match seeded {
+            Ok(start) => start,
+            Err(_) if tx.is_closed() => return,
+            Err(e) => {
+                let _ = tx.send(line("ERROR", &ApiError::from(e).to_status())).await;
                 return;
             }
-        }
+        };
         let began = Instant::now();
         let mut last_rv = start;
         let mut last_bookmark = Instant::now();
@@ -133,6 +140,9 @@ pub fn serve(api: &Arc<Api>, t: &Target, call: &Call) -> ApiResult<Response<Body
             };
             let next = futures_lite::future::or(async { Some(watcher.next().await) }, wait).await;
             match next {
+                Some(Some(ev)) if ev.object.revision <= start => {
+                    // Already in the initial events' snapshot.
+                }
                 Some(Some(ev)) => {
                     last_rv = ev.object.revision;
                     let mut v = meta::decode(&ev.object.value, ev.object.revision);
@@ -198,6 +208,59 @@ pub fn serve(api: &Arc<Api>, t: &Target, call: &Call) -> ApiResult<Response<Body
         .header("content-type", "application/json")
         .body(body)
         .expect("valid response"))
+}
+
+/// What a watch reads its starting state from.
+struct Seed {
+    store: Store,
+    resource: String,
+    namespace: Option<String>,
+    query: Query,
+}
+
+impl Seed {
+    /// Sends an ADDED event for every selected object of one snapshot, as it is read
+    /// (blocking while the client is slow). Returns the snapshot's revision and, for a
+    /// filtering watch, the keys sent.
+    fn initial(
+        &self,
+        filtering: bool,
+        render: &impl Fn(&Value, &str) -> Value,
+        tx: &smol::channel::Sender<Bytes>,
+    ) -> Result<(u64, HashSet<Key>), StoreError> {
+        let mut matching = HashSet::new();
+        let summary =
+            self.store
+                .list_each(&self.resource, self.namespace.as_deref(), None, None, |o| {
+                    let v = meta::decode(o.value, o.revision);
+                    if selected(&self.query, &v) {
+                        let l = line("ADDED", &render(&v, &o.revision.to_string()));
+                        // The client went away: stop reading.
+                        tx.send_blocking(l).map_err(|_| StoreError::Closed)?;
+                        if filtering {
+                            matching.insert(o.key.clone());
+                        }
+                    }
+                    Ok(())
+                })?;
+        Ok((summary.revision, matching))
+    }
+
+    /// The keys of the objects that matched at `rv` and have not changed since, with
+    /// the revision of the snapshot they were read from.
+    fn matching_at(&self, rv: u64) -> Result<(u64, HashSet<Key>), StoreError> {
+        let mut matching = HashSet::new();
+        let summary =
+            self.store
+                .list_each(&self.resource, self.namespace.as_deref(), None, None, |o| {
+                    if o.revision <= rv && selected(&self.query, &meta::decode(o.value, o.revision))
+                    {
+                        matching.insert(o.key.clone());
+                    }
+                    Ok(())
+                })?;
+        Ok((summary.revision, matching))
+    }
 }
 
 /// One change from the store, as a selector watch looks at it.
