@@ -1,9 +1,10 @@
 //! The scheduler loop: takes unbound pods from its queue in batches, decides each one
 //! against the in-memory [`Cluster`] (kept current by the pod and node watches), binds
-//! the placed ones concurrently (up to [`IN_FLIGHT`] writes at once) through the
-//! `binding` subresource, and writes `PodScheduled=False` plus a `FailedScheduling`
-//! event for the rest, once per verdict. Unschedulable pods are tried again once nodes
-//! or pods changed (checked every second), and at least once a minute.
+//! the placed ones through the `binding` subresource, and writes `PodScheduled=False`
+//! plus a `FailedScheduling` event for the rest, once per verdict. Writes go out
+//! concurrently (up to [`IN_FLIGHT`] pods at once) while the next batch is decided.
+//! Unschedulable pods are tried again once nodes or pods changed (checked every
+//! second), and at least once a minute.
 
 use super::Ctx;
 use super::cache::ObjKey;
@@ -29,8 +30,9 @@ pub struct State {
 
 /// How many pods one pass decides before their bindings go out.
 const BATCH: usize = 512;
-/// How many of a pass's writes (bindings, conditions) are in flight at once: enough for
-/// the store's group commits, few enough that their transient objects stay small.
+/// How many pods' writes (bindings, conditions) are in flight at once, across passes:
+/// enough for the store's group commits, few enough that their transient objects stay
+/// small.
 const IN_FLIGHT: usize = 128;
 
 /// Whether this scheduler should place the pod now.
@@ -142,6 +144,7 @@ pub async fn retry_loop(ctx: Arc<Ctx>) {
 /// The scheduling loop.
 pub async fn run(ctx: Arc<Ctx>) {
     let q = &ctx.queues.scheduler;
+    let slots = Arc::new(smol::lock::Semaphore::new(IN_FLIGHT));
     loop {
         let mut batch = vec![q.next().await];
         while batch.len() < BATCH {
@@ -172,40 +175,43 @@ pub async fn run(ctx: Arc<Ctx>) {
                 work.push((k, placed, actions));
             }
         }
-        let slots = Arc::new(smol::lock::Semaphore::new(IN_FLIGHT));
-        let tasks: Vec<_> = work
-            .into_iter()
-            .map(|(k, placed, actions)| {
-                let (ctx, slots) = (ctx.clone(), slots.clone());
-                crate::exec::executor().spawn(async move {
-                    let _slot = slots.acquire().await;
+        // Writes go out while the next batch is decided; a full window holds the loop.
+        for (k, placed, actions) in work {
+            let slot = slots.acquire_arc().await;
+            let ctx = ctx.clone();
+            crate::exec::executor()
+                .spawn(async move {
                     let r = execute(&ctx, actions).await;
-                    (k, placed, r)
+                    drop(slot);
+                    finish(&ctx, k, placed, r);
                 })
-            })
-            .collect();
-        for t in tasks {
-            let (k, placed, r) = t.await;
-            let Err(e) = r else {
-                q.forget(&k);
-                continue;
-            };
-            if placed {
-                // Undo the assumption; the watch brings the pod's real state back.
-                let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
-                s.assumed.remove(&k);
-                s.cluster.remove_pod(&k.0, &k.1);
-                if let Some(p) = ctx.pods.get(&k) {
-                    upsert(&mut s.cluster, &p);
-                }
-            }
-            if e.code == 404 {
-                continue;
-            }
-            tracing::warn!(pod = %format!("{}/{}", k.0, k.1), error = %e.message, "scheduling failed; retrying");
-            q.retry(k);
+                .detach();
         }
     }
+}
+
+/// Settles one pod's writes: forgets its failures, or undoes a failed binding's
+/// assumption and retries it with back-off.
+fn finish(ctx: &Ctx, k: ObjKey, placed: bool, r: crate::api::status::ApiResult<()>) {
+    let q = &ctx.queues.scheduler;
+    let Err(e) = r else {
+        q.forget(&k);
+        return;
+    };
+    if placed {
+        // Undo the assumption; the watch brings the pod's real state back.
+        let mut s = ctx.sched.lock().unwrap_or_else(|p| p.into_inner());
+        s.assumed.remove(&k);
+        s.cluster.remove_pod(&k.0, &k.1);
+        if let Some(p) = ctx.pods.get(&k) {
+            upsert(&mut s.cluster, &p);
+        }
+    }
+    if e.code == 404 {
+        return;
+    }
+    tracing::warn!(pod = %format!("{}/{}", k.0, k.1), error = %e.message, "scheduling failed; retrying");
+    q.retry(k);
 }
 
 /// Binds (the first action), then records the rest (events, conditions).
