@@ -135,9 +135,8 @@ fn update_condition(pod: &mut Value, mut cond: Map<String, Value>, now: &str) ->
     true
 }
 
-/// Writes `pod` over `old` if nothing wrote in between; `Ok(None)` when something did.
-async fn write(api: &Api, old: &Object, pod: &Value) -> ApiResult<Option<u64>> {
-    let bytes = serde_json::to_vec(pod).expect("JSON values serialize");
+/// Writes `bytes` over `old` if nothing wrote in between; `Ok(None)` when something did.
+async fn write(api: &Api, old: &Object, bytes: Vec<u8>) -> ApiResult<Option<u64>> {
     match api
         .store
         .update(old.key.clone(), bytes, Some(old.revision))
@@ -150,11 +149,124 @@ async fn write(api: &Api, old: &Object, pod: &Value) -> ApiResult<Option<u64>> {
     }
 }
 
+/// What decides whether a pod may be bound, read from its stored JSON.
+struct Facts {
+    uid: String,
+    deleting: bool,
+    node: String,
+    gated: bool,
+}
+
+/// kube-apiserver's reasons to refuse a binding, in its order.
+fn refusal(b: &Binding<'_>, revision: u64, f: &Facts) -> Option<ApiError> {
+    let name = b.name;
+    if let Some(uid) = b.uid
+        && f.uid != uid
+    {
+        return Some(conflict(
+            "pods",
+            name,
+            format_args!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                f.uid
+            ),
+        ));
+    }
+    if let Some(rv) = b.resource_version
+        && rv != revision
+    {
+        return Some(conflict(
+            "pods",
+            name,
+            format_args!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"
+            ),
+        ));
+    }
+    let why = if f.deleting {
+        format!("pod {name} is being deleted, cannot be assigned to a host")
+    } else if !f.node.is_empty() {
+        format!("pod {name} is already assigned to node \"{}\"", f.node)
+    } else if f.gated {
+        format!("pod {name} has non-empty .spec.schedulingGates")
+    } else {
+        return None;
+    };
+    Some(conflict("pods/binding", name, why))
+}
+
+/// The PodScheduled=True condition a binding sets.
+fn scheduled() -> Map<String, Value> {
+    let mut cond = Map::new();
+    cond.insert("type".into(), "PodScheduled".into());
+    cond.insert("status".into(), "True".into());
+    cond.insert("lastProbeTime".into(), Value::Null);
+    cond
+}
+
+/// The fields a binding owns in managedFields.
+fn binding_fields() -> Value {
+    json!({"f:spec": {"f:nodeName": {}}})
+}
+
+/// The binding applied to a pod decoded as a whole: the general path, for stored JSON
+/// the in-place edit ([`raw`]) does not take on. `Ok(None)` for a dry run.
+fn bind_value(
+    stored: &Object,
+    b: &Binding<'_>,
+    now: &str,
+) -> ApiResult<Result<Option<Vec<u8>>, ApiError>> {
+    let mut pod = decode(stored)?;
+    let facts = Facts {
+        uid: str_at(&pod, "metadata", "uid").to_owned(),
+        deleting: pod["metadata"]
+            .get("deletionTimestamp")
+            .is_some_and(|t| !t.is_null()),
+        node: str_at(&pod, "spec", "nodeName").to_owned(),
+        gated: pod["spec"]["schedulingGates"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty()),
+    };
+    if let Some(e) = refusal(b, stored.revision, &facts) {
+        return Ok(Err(e));
+    }
+    if b.dry_run {
+        return Ok(Ok(None));
+    }
+    object_at(&mut pod, "spec").insert("nodeName".into(), b.node.into());
+    if let Some(extra) = b.annotations.filter(|a| !a.is_empty()) {
+        let md = metadata_mut(&mut pod);
+        let ann = md
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !ann.is_object() {
+            *ann = Value::Object(Map::new());
+        }
+        let ann = ann.as_object_mut().expect("an object");
+        for (k, v) in extra {
+            ann.insert(k.clone(), v.clone());
+        }
+    }
+    update_condition(&mut pod, scheduled(), now);
+    record_manager(
+        &mut pod,
+        b.manager,
+        "Update",
+        binding_fields(),
+        Some("binding"),
+    );
+    Ok(Ok(Some(
+        serde_json::to_vec(&pod).expect("JSON values serialize"),
+    )))
+}
+
 /// Binds a pod to a node, as `POST pods/{name}/binding` does: 404 when the pod does not
 /// exist; 409 when a uid or resourceVersion precondition fails, when the pod is being
 /// deleted, still has scheduling gates or is already on a node. Sets `spec.nodeName`,
 /// merges the binding's annotations and sets `PodScheduled=True`, in one durable write.
-/// Returns the pod's new resourceVersion (its current one for a dry run).
+/// The stored JSON is edited in place where it has the canonical shape the API writes
+/// (see [`raw`]), else decoded and encoded again. Returns the pod's new resourceVersion
+/// (its current one for a dry run).
 pub async fn bind_pod(api: &Api, b: &Binding<'_>) -> ApiResult<u64> {
     let name = b.name;
     if b.node.is_empty() {
@@ -170,89 +282,17 @@ pub async fn bind_pod(api: &Api, b: &Binding<'_>) -> ApiResult<u64> {
         let Some(old) = api.store.get(&key)? else {
             return Err(ApiError::not_found("", "pods", name));
         };
-        let mut pod = decode(&old)?;
-        if let Some(uid) = b.uid
-            && str_at(&pod, "metadata", "uid") != uid
-        {
-            return Err(conflict(
-                "pods",
-                name,
-                format_args!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    str_at(&pod, "metadata", "uid")
-                ),
-            ));
-        }
-        if let Some(rv) = b.resource_version
-            && rv != old.revision
-        {
-            return Err(conflict(
-                "pods",
-                name,
-                format_args!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    old.revision
-                ),
-            ));
-        }
-        if pod["metadata"]
-            .get("deletionTimestamp")
-            .is_some_and(|t| !t.is_null())
-        {
-            return Err(conflict(
-                "pods/binding",
-                name,
-                format_args!("pod {name} is being deleted, cannot be assigned to a host"),
-            ));
-        }
-        let current = str_at(&pod, "spec", "nodeName");
-        if !current.is_empty() {
-            return Err(conflict(
-                "pods/binding",
-                name,
-                format_args!("pod {name} is already assigned to node \"{current}\""),
-            ));
-        }
-        if pod["spec"]["schedulingGates"]
-            .as_array()
-            .is_some_and(|g| !g.is_empty())
-        {
-            return Err(conflict(
-                "pods/binding",
-                name,
-                format_args!("pod {name} has non-empty .spec.schedulingGates"),
-            ));
-        }
-        if b.dry_run {
-            return Ok(old.revision);
-        }
-        object_at(&mut pod, "spec").insert("nodeName".into(), b.node.into());
-        if let Some(extra) = b.annotations.filter(|a| !a.is_empty()) {
-            let md = metadata_mut(&mut pod);
-            let ann = md
-                .entry("annotations")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !ann.is_object() {
-                *ann = Value::Object(Map::new());
-            }
-            let ann = ann.as_object_mut().expect("an object");
-            for (k, v) in extra {
-                ann.insert(k.clone(), v.clone());
-            }
-        }
-        let mut cond = Map::new();
-        cond.insert("type".into(), "PodScheduled".into());
-        cond.insert("status".into(), "True".into());
-        cond.insert("lastProbeTime".into(), Value::Null);
-        update_condition(&mut pod, cond, &super::meta::now());
-        record_manager(
-            &mut pod,
-            b.manager,
-            "Update",
-            json!({"f:spec": {"f:nodeName": {}}}),
-            Some("binding"),
-        );
-        if let Some(rv) = write(api, &old, &pod).await? {
+        let now = super::meta::now();
+        let edit = match raw::bind(&old.value, b, old.revision, &now) {
+            Some(edit) => edit,
+            None => bind_value(&old, b, &now)?,
+        };
+        let bytes = match edit {
+            Err(refused) => return Err(refused),
+            Ok(None) => return Ok(old.revision),
+            Ok(Some(bytes)) => bytes,
+        };
+        if let Some(rv) = write(api, &old, bytes).await? {
             return Ok(rv);
         }
     }
@@ -302,7 +342,8 @@ pub async fn set_pod_condition(
             return Ok(None);
         }
         record_manager(&mut pod, manager, "Update", fields.clone(), Some("status"));
-        match write(api, &old, &pod).await {
+        let bytes = serde_json::to_vec(&pod).expect("JSON values serialize");
+        match write(api, &old, bytes).await {
             Ok(Some(rv)) => return Ok(Some(rv)),
             Ok(None) => continue,
             Err(e) if e.code == 404 => return Ok(None),
@@ -375,6 +416,344 @@ pub async fn serve(api: &Api, t: &Target, call: &Call) -> ApiResult<hyper::Respo
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "code": 201, "details": {"name": name, "kind": "pods"}}),
     ))
+}
+
+/// The binding as an in-place edit of the stored bytes. The API stores objects as
+/// serde_json's compact output with sorted keys, so binding a pod only inserts
+/// `spec.nodeName`, puts one condition into `status.conditions` and appends one
+/// managedFields entry: the rest of the pod is copied as it is instead of being decoded
+/// into a tree and encoded again. Anything off that shape (whitespace, escaped keys,
+/// binding annotations, a binding entry already in managedFields, an empty nodeName)
+/// makes it step back (`None`) to the general path, which gives the same result.
+mod raw {
+    use super::{ApiError, Binding, Facts, binding_fields, refusal, scheduled};
+    use serde_json::{Value, json};
+    use std::ops::Range;
+
+    /// One member of an object: its key (inside the quotes) and its value.
+    struct Member {
+        key: Range<usize>,
+        value: Range<usize>,
+    }
+
+    /// Just past the string starting at `i`.
+    fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        i += 1;
+        loop {
+            match *b.get(i)? {
+                b'"' => return Some(i + 1),
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// Just past the value starting at `i`.
+    fn value_end(b: &[u8], i: usize) -> Option<usize> {
+        match *b.get(i)? {
+            b'"' => string_end(b, i),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                let mut j = i;
+                loop {
+                    match *b.get(j)? {
+                        b'"' => {
+                            j = string_end(b, j)?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(j + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+            }
+            _ => {
+                let end = i + b[i..]
+                    .iter()
+                    .position(|c| matches!(c, b',' | b'}' | b']'))?;
+                (end > i && !b[i..end].iter().any(u8::is_ascii_whitespace)).then_some(end)
+            }
+        }
+    }
+
+    /// The members of the object at `i` and the position of its `}`.
+    fn members(b: &[u8], i: usize) -> Option<(Vec<Member>, usize)> {
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut j = i + 1;
+        if b.get(j) == Some(&b'}') {
+            return Some((out, j));
+        }
+        loop {
+            let key_end = string_end(b, j)?;
+            let key = j + 1..key_end - 1;
+            if b[key.clone()].contains(&b'\\') || b.get(key_end) != Some(&b':') {
+                return None;
+            }
+            let end = value_end(b, key_end + 1)?;
+            out.push(Member {
+                key,
+                value: key_end + 1..end,
+            });
+            match *b.get(end)? {
+                b',' => j = end + 1,
+                b'}' => return Some((out, end)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The elements of the array at `i` and the position of its `]`.
+    fn elements(b: &[u8], i: usize) -> Option<(Vec<Range<usize>>, usize)> {
+        if b.get(i) != Some(&b'[') {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut j = i + 1;
+        if b.get(j) == Some(&b']') {
+            return Some((out, j));
+        }
+        loop {
+            let end = value_end(b, j)?;
+            out.push(j..end);
+            match *b.get(end)? {
+                b',' => j = end + 1,
+                b']' => return Some((out, end)),
+                _ => return None,
+            }
+        }
+    }
+
+    fn find<'m>(b: &[u8], ms: &'m [Member], key: &str) -> Option<&'m Member> {
+        ms.iter().find(|m| &b[m.key.clone()] == key.as_bytes())
+    }
+
+    fn is(b: &[u8], m: Option<&Member>, json: &[u8]) -> bool {
+        m.is_some_and(|m| &b[m.value.clone()] == json)
+    }
+
+    /// A string member's value (`""` when absent or null); `None` when it is no string.
+    fn string(b: &[u8], m: Option<&Member>) -> Option<String> {
+        match m {
+            None => Some(String::new()),
+            Some(m) => match serde_json::from_slice::<Value>(&b[m.value.clone()]).ok()? {
+                Value::String(s) => Some(s),
+                Value::Null => Some(String::new()),
+                _ => None,
+            },
+        }
+    }
+
+    /// A change of the bytes: `at` replaced by `text` (an insertion when `at` is empty).
+    struct Splice {
+        at: Range<usize>,
+        text: Vec<u8>,
+    }
+
+    /// Inserts member `key: value` into the object with members `ms` and `}` at `close`,
+    /// where sorted order puts it.
+    fn insert(b: &[u8], ms: &[Member], close: usize, key: &str, value: &[u8]) -> Splice {
+        let mut member = Vec::with_capacity(key.len() + value.len() + 4);
+        member.push(b'"');
+        member.extend_from_slice(key.as_bytes());
+        member.extend_from_slice(b"\":");
+        member.extend_from_slice(value);
+        match ms.iter().find(|m| &b[m.key.clone()] > key.as_bytes()) {
+            Some(next) => {
+                member.push(b',');
+                Splice {
+                    at: next.key.start - 1..next.key.start - 1,
+                    text: member,
+                }
+            }
+            None => {
+                if !ms.is_empty() {
+                    member.insert(0, b',');
+                }
+                Splice {
+                    at: close..close,
+                    text: member,
+                }
+            }
+        }
+    }
+
+    /// Appends `item` to the array with elements `items` and `]` at `close`.
+    fn push(items: &[Range<usize>], close: usize, item: Vec<u8>) -> Splice {
+        let mut text = item;
+        if !items.is_empty() {
+            text.insert(0, b',');
+        }
+        Splice {
+            at: close..close,
+            text,
+        }
+    }
+
+    fn to_vec(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).expect("JSON values serialize")
+    }
+
+    /// The binding as splices of `b`, or its refusal; `Ok(None)` for a dry run.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn bind(
+        b: &[u8],
+        binding: &Binding<'_>,
+        revision: u64,
+        now: &str,
+    ) -> Option<Result<Option<Vec<u8>>, ApiError>> {
+        if binding.annotations.is_some_and(|a| !a.is_empty()) {
+            return None;
+        }
+        let (top, top_close) = members(b, 0)?;
+        if top_close + 1 != b.len() {
+            return None;
+        }
+        let md = find(b, &top, "metadata")?;
+        let (md_ms, md_close) = members(b, md.value.start)?;
+        let spec = find(b, &top, "spec")?;
+        let (spec_ms, spec_close) = members(b, spec.value.start)?;
+        let node = find(b, &spec_ms, "nodeName");
+        let gates = find(b, &spec_ms, "schedulingGates");
+        let facts = Facts {
+            uid: string(b, find(b, &md_ms, "uid"))?,
+            deleting: find(b, &md_ms, "deletionTimestamp")
+                .is_some_and(|m| !is(b, Some(m), b"null")),
+            node: string(b, node)?,
+            gated: gates.is_some_and(|g| b[g.value.start] == b'[' && !is(b, Some(g), b"[]")),
+        };
+        if let Some(e) = refusal(binding, revision, &facts) {
+            return Some(Err(e));
+        }
+        if binding.dry_run {
+            return Some(Ok(None));
+        }
+        if node.is_some() {
+            // Present but empty: the general path replaces it.
+            return None;
+        }
+        let mut splices = Vec::with_capacity(3);
+
+        // metadata.managedFields: one more entry, unless this manager has one to merge.
+        let api_version = string(b, find(b, &top, "apiVersion"))?;
+        let entry = to_vec(&json!({
+            "apiVersion": api_version, "fieldsType": "FieldsV1", "fieldsV1": binding_fields(),
+            "manager": binding.manager, "operation": "Update", "subresource": "binding",
+            "time": now,
+        }));
+        match find(b, &md_ms, "managedFields") {
+            None => {
+                let mut list = entry;
+                list.insert(0, b'[');
+                list.push(b']');
+                splices.push(insert(b, &md_ms, md_close, "managedFields", &list));
+            }
+            Some(mf) => {
+                let (items, close) = elements(b, mf.value.start)?;
+                let manager = to_vec(&json!(binding.manager));
+                for item in &items {
+                    let (ms, _) = members(b, item.start)?;
+                    if is(b, find(b, &ms, "manager"), &manager)
+                        && is(b, find(b, &ms, "operation"), b"\"Update\"")
+                        && is(b, find(b, &ms, "subresource"), b"\"binding\"")
+                    {
+                        return None;
+                    }
+                }
+                splices.push(push(&items, close, entry));
+            }
+        }
+
+        // spec.nodeName.
+        splices.push(insert(
+            b,
+            &spec_ms,
+            spec_close,
+            "nodeName",
+            &to_vec(&json!(binding.node)),
+        ));
+
+        // status.conditions: PodScheduled=True in place of the old one, or appended.
+        let mut cond = scheduled();
+        match find(b, &top, "status") {
+            None => {
+                cond.insert("lastTransitionTime".into(), now.into());
+                let status = to_vec(&json!({"conditions": [cond]}));
+                splices.push(insert(b, &top, top_close, "status", &status));
+            }
+            Some(st) => {
+                let (st_ms, st_close) = members(b, st.value.start)?;
+                match find(b, &st_ms, "conditions") {
+                    None => {
+                        cond.insert("lastTransitionTime".into(), now.into());
+                        let list = to_vec(&json!([cond]));
+                        splices.push(insert(b, &st_ms, st_close, "conditions", &list));
+                    }
+                    Some(cs) => {
+                        let (items, close) = elements(b, cs.value.start)?;
+                        let mut old = None;
+                        for item in &items {
+                            let (ms, _) = members(b, item.start)?;
+                            if is(b, find(b, &ms, "type"), b"\"PodScheduled\"") {
+                                old = Some((item.clone(), ms));
+                                break;
+                            }
+                        }
+                        match old {
+                            None => {
+                                cond.insert("lastTransitionTime".into(), now.into());
+                                splices.push(push(&items, close, to_vec(&Value::Object(cond))));
+                            }
+                            Some((at, ms)) => {
+                                let same_status = is(b, find(b, &ms, "status"), b"\"True\"");
+                                let plain = find(b, &ms, "reason").is_none()
+                                    && find(b, &ms, "message").is_none();
+                                if !(same_status && plain) {
+                                    let kept = find(b, &ms, "lastTransitionTime")
+                                        .filter(|_| same_status)
+                                        .and_then(|m| {
+                                            serde_json::from_slice::<Value>(&b[m.value.clone()])
+                                                .ok()
+                                        });
+                                    cond.insert(
+                                        "lastTransitionTime".into(),
+                                        kept.unwrap_or_else(|| now.into()),
+                                    );
+                                    splices.push(Splice {
+                                        at,
+                                        text: to_vec(&Value::Object(cond)),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        splices.sort_by_key(|s| s.at.start);
+        let extra: usize = splices.iter().map(|s| s.text.len()).sum();
+        let mut out = Vec::with_capacity(b.len() + extra);
+        let mut from = 0;
+        for s in splices {
+            out.extend_from_slice(&b[from..s.at.start]);
+            out.extend_from_slice(&s.text);
+            from = s.at.end;
+        }
+        out.extend_from_slice(&b[from..]);
+        Some(Ok(Some(out)))
+    }
 }
 
 #[cfg(test)]
@@ -683,5 +1062,175 @@ mod tests {
         );
         let (code, body) = post(&api, "web", binding("web", json!({"name": "n2"})));
         assert_eq!(code, 409, "{body}");
+    }
+
+    /// The pod as the general path leaves it, and as the in-place edit does (times of
+    /// managedFields entries blanked: each path reads the clock).
+    fn both_ways(pod: &Value, b: &Binding<'_>) -> (Value, Value) {
+        let stored = Object {
+            key: key("x"),
+            revision: 7,
+            value: serde_json::to_vec(pod).unwrap().into(),
+        };
+        let now = "2026-02-03T04:05:06Z";
+        let general = bind_value(&stored, b, now).unwrap().unwrap().unwrap();
+        let in_place = raw::bind(&stored.value, b, 7, now)
+            .expect("canonical JSON is edited in place")
+            .unwrap()
+            .unwrap();
+        let blank = |bytes: &[u8]| {
+            let mut v: Value = serde_json::from_slice(bytes).unwrap();
+            for e in v["metadata"]["managedFields"].as_array_mut().unwrap() {
+                e["time"] = json!("t");
+            }
+            v
+        };
+        (blank(&general), blank(&in_place))
+    }
+
+    #[test]
+    fn the_in_place_edit_matches_the_general_path() {
+        let base = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "x", "namespace": "d", "uid": "u1", "labels": {"app": "a\"b"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "apiVersion": "v1",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}, "time": "2025-01-01T00:00:00Z"}]},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                        "command": ["sh", "-c", "echo \"{[}]\" \\ done ✓"]}],
+                     "restartPolicy": "Always", "schedulerName": "default-scheduler",
+                     "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "status": {"phase": "Pending", "qosClass": "BestEffort", "conditions": [
+                {"type": "Other", "status": "True"},
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available: 3 Insufficient cpu.",
+                 "lastTransitionTime": "2025-01-01T00:00:00Z", "lastProbeTime": null}]}});
+        let mut shapes = vec![base.clone()];
+        let mut no_status = base.clone();
+        no_status.as_object_mut().unwrap().remove("status");
+        shapes.push(no_status);
+        let mut no_conditions = base.clone();
+        no_conditions["status"] = json!({"phase": "Pending"});
+        shapes.push(no_conditions);
+        let mut empty_status = base.clone();
+        empty_status["status"] = json!({});
+        shapes.push(empty_status);
+        let mut other_only = base.clone();
+        other_only["status"]["conditions"] = json!([{"type": "Other", "status": "True"}]);
+        shapes.push(other_only);
+        let mut empty_conditions = base.clone();
+        empty_conditions["status"]["conditions"] = json!([]);
+        shapes.push(empty_conditions);
+        let mut true_with_reason = base.clone();
+        true_with_reason["status"]["conditions"][1] = json!({"type": "PodScheduled",
+            "status": "True", "reason": "Odd", "lastTransitionTime": "2024-01-01T00:00:00Z"});
+        shapes.push(true_with_reason);
+        let mut already_true = base.clone();
+        already_true["status"]["conditions"][1] = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": "2024-01-01T00:00:00Z"});
+        shapes.push(already_true);
+        let mut bare = base.clone();
+        bare["metadata"] = json!({"name": "x", "namespace": "d"});
+        bare["spec"] = json!({});
+        shapes.push(bare);
+        let mut spec_before_only = base.clone();
+        spec_before_only["spec"] = json!({"containers": [], "activeDeadlineSeconds": 5});
+        shapes.push(spec_before_only);
+        let mut empty_fields = base.clone();
+        empty_fields["metadata"]["managedFields"] = json!([]);
+        shapes.push(empty_fields);
+        let mut later_metadata = base.clone();
+        later_metadata["metadata"] =
+            json!({"annotations": {"a": "1"}, "creationTimestamp": "2025-01-01T00:00:00Z"});
+        shapes.push(later_metadata);
+        for (i, pod) in shapes.iter().enumerate() {
+            let (general, in_place) =
+                both_ways(pod, &Binding::new("d", "x", "node-7", "default-scheduler"));
+            assert_eq!(general, in_place, "shape {i}");
+            assert_eq!(in_place["spec"]["nodeName"], "node-7", "shape {i}");
+        }
+    }
+
+    #[test]
+    fn refusals_read_the_same_from_the_bytes() {
+        let pod = |extra: Value| {
+            let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "x", "namespace": "d", "uid": "u1"}, "spec": {"containers": []}});
+            for (k, v) in extra.as_object().unwrap() {
+                for (k2, v2) in v.as_object().unwrap() {
+                    p[k][k2] = v2.clone();
+                }
+            }
+            p
+        };
+        let cases = [
+            (
+                pod(json!({"metadata": {"deletionTimestamp": "2025-01-01T00:00:00Z"}})),
+                Binding::new("d", "x", "n", "m"),
+            ),
+            (
+                pod(json!({"spec": {"nodeName": "n0"}})),
+                Binding::new("d", "x", "n", "m"),
+            ),
+            (
+                pod(json!({"spec": {"schedulingGates": [{"name": "g"}]}})),
+                Binding::new("d", "x", "n", "m"),
+            ),
+            (
+                pod(json!({})),
+                Binding {
+                    uid: Some("u2"),
+                    ..Binding::new("d", "x", "n", "m")
+                },
+            ),
+            (
+                pod(json!({})),
+                Binding {
+                    resource_version: Some(6),
+                    ..Binding::new("d", "x", "n", "m")
+                },
+            ),
+        ];
+        for (i, (p, b)) in cases.iter().enumerate() {
+            let stored = Object {
+                key: key("x"),
+                revision: 7,
+                value: serde_json::to_vec(p).unwrap().into(),
+            };
+            let general = bind_value(&stored, b, "now").unwrap().unwrap_err();
+            let in_place = raw::bind(&stored.value, b, 7, "now").unwrap().unwrap_err();
+            assert_eq!(
+                (general.code, &general.message),
+                (in_place.code, &in_place.message),
+                "case {i}"
+            );
+            assert_eq!(general.code, 409);
+        }
+        // Gates that are empty or null do not hold the pod back.
+        for gates in [json!([]), Value::Null] {
+            let p = pod(json!({"spec": {"schedulingGates": gates}}));
+            let (general, in_place) = both_ways(&p, &Binding::new("d", "x", "n", "m"));
+            assert_eq!(general, in_place);
+        }
+    }
+
+    #[test]
+    fn json_off_the_canonical_shape_takes_the_general_path() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "d", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        let pretty = serde_json::to_vec_pretty(&pod).unwrap();
+        let b = Binding::new("d", "web", "n1", "m");
+        assert!(raw::bind(&pretty, &b, 1, "now").is_none(), "whitespace");
+        let mut empty_node = pod.clone();
+        empty_node["spec"]["nodeName"] = json!("");
+        let bytes = serde_json::to_vec(&empty_node).unwrap();
+        assert!(
+            raw::bind(&bytes, &b, 1, "now").is_none(),
+            "an empty nodeName is replaced by the general path"
+        );
+        let api = api();
+        api.store.create_blocking(key("web"), pretty).unwrap();
+        bind(&api, b).unwrap();
+        let (_, stored) = stored(&api, "web");
+        assert_eq!(stored["spec"]["nodeName"], "n1");
+        assert_eq!(stored["status"]["conditions"][0]["type"], "PodScheduled");
     }
 }
