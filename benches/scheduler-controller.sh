@@ -5,8 +5,8 @@
 # (--controllers=*,-scheduler); then, RUNS times, a copy of that data directory starts
 # with every loop on and the clock runs until a watch has seen every pod bound. Prints
 # each run and, from the median run, pods bound per second against the 5,000 pods/s
-# target (PASS/FAIL), the controller's CPU time and RSS; checks every placement. (kube-scheduler does hundreds per second; it is not packaged
-# here to run side by side.)
+# target (PASS/FAIL), the controller's CPU time and RSS; checks every placement.
+# (kube-scheduler does hundreds per second; it is not packaged here to run side by side.)
 #
 # usage: benches/scheduler-controller.sh [NODES] [PODS] [SETS] [RUNS]
 #        (defaults 1000 10000 100 3)
