@@ -32,6 +32,8 @@ pub struct Agent {
     node: Node,
     name: String,
     ip: String,
+    /// Its end of the LAN link, inside its namespace.
+    lan_if: String,
     labels: Vec<String>,
     dir: PathBuf,
     cgroup_root: String,
@@ -51,6 +53,16 @@ impl Agent {
     /// Its address on the LAN (its InternalIP).
     pub fn ip(&self) -> &str {
         &self.ip
+    }
+
+    /// Takes its LAN link down (a cut cable: it and the controller no longer reach
+    /// each other, while the agent and its pods keep running) or up again; only inside
+    /// its own namespace.
+    pub fn set_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.node
+            .ip(&["link", "set", &self.lan_if, state])
+            .unwrap_or_else(|e| panic!("cannot set {}'s LAN link {state}: {e:#}", self.name));
     }
 
     /// Its `--data-dir`.
@@ -174,6 +186,8 @@ pub struct Cluster {
     // cgroup parent removes (kills) whatever containers remain, then the namespaces
     // and the directories go.
     agents: Vec<Agent>,
+    /// Machines started so far, tracked agents or not (their index: address, dirs).
+    machines: usize,
     controller: Process,
     controller_args: Vec<String>,
     cg: TestCgroup,
@@ -200,6 +214,7 @@ impl Cluster {
         let controller = spawn_controller(&control, dir.path(), &controller_args);
         Cluster {
             agents: Vec::new(),
+            machines: 0,
             controller,
             controller_args,
             cg,
@@ -228,10 +243,32 @@ impl Cluster {
     /// Starts a new agent node `name` with `--node-label`s (`key=value`) on the LAN,
     /// the busybox oci-archive in its air-gap folder, and waits until it has joined.
     pub fn add_agent(&mut self, name: &str, labels: &[&str]) -> &mut Agent {
-        let index = self.agents.len();
+        let mut agent = self.new_machine(name, labels);
+        if let Err(e) = agent
+            .process()
+            .wait_for_log("joined the cluster", Duration::from_secs(60))
+        {
+            panic!("agent {name} did not join: {e:#}\n{}", agent.output());
+        }
+        self.agents.push(agent);
+        self.agents.last_mut().unwrap()
+    }
+
+    /// Starts another machine that joins as `name` (e.g. a board flashed from the same
+    /// image as agent `name`): its own sandbox, address, dirs and key, the join token;
+    /// not tracked as an agent and not waited for. Drop it before the cluster.
+    pub fn start_machine_named(&mut self, name: &str) -> Agent {
+        self.new_machine(name, &[])
+    }
+
+    /// A new machine on the LAN running `flotilla-agent run` with the join token.
+    fn new_machine(&mut self, name: &str, labels: &[&str]) -> Agent {
+        let index = self.machines;
+        self.machines += 1;
         let node = Node::new(name);
         let ip = format!("10.99.0.{}", 11 + index);
-        node.attach(&self.lan, &format!("{ip}/24"))
+        let lan_if = node
+            .attach(&self.lan, &format!("{ip}/24"))
             .unwrap_or_else(|e| panic!("{e:#}"));
         let dir = self
             .dir
@@ -250,19 +287,13 @@ impl Cluster {
             node,
             name: name.to_string(),
             ip,
+            lan_if,
             labels: labels.iter().map(|l| l.to_string()).collect(),
             dir,
             cgroup_root: format!("{}/{index}-{name}", self.cg.path()),
         };
         agent.spawn(&self.hub(), Some(&self.token()));
-        if let Err(e) = agent
-            .process()
-            .wait_for_log("joined the cluster", Duration::from_secs(60))
-        {
-            panic!("agent {name} did not join: {e:#}\n{}", agent.output());
-        }
-        self.agents.push(agent);
-        self.agents.last_mut().unwrap()
+        agent
     }
 
     /// Starts agent `name` again (after [`Agent::kill`]) from its stored credentials

@@ -23,6 +23,16 @@
 //!
 //! then deleting everything empties every node's runtime and pod cgroups, and the
 //! host's network namespace is unchanged.
+//!
+//! On a cluster of its own, a partition: an agent whose LAN link goes down (inside its
+//! own namespace) turns Unknown within the grace period and one renewal period of the
+//! cut, its Lease not renewed after the cut; when the link returns the node is Ready
+//! again, untainted, with its pod's container untouched.
+//!
+//! On another, a node name taken twice: a second machine joining with an agent's node
+//! name (a cloned SD card) is refused with a message naming the node and how to free
+//! it, and the first keeps its Node; after `kubectl delete node` a new machine takes the
+//! name, and the first one's session is refused from then on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -637,4 +647,208 @@ fn controller_restart(cluster: &mut Cluster) {
     assert_eq!(containers(cluster), before, "same containers, no restarts");
     let pods = live_pods(cluster, "web");
     assert!(running_on_their_agents(cluster, &pods));
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time (GNU `date` parses it).
+fn epoch_seconds(rfc3339: &str) -> f64 {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", rfc3339, "+%s.%N"])
+        .output()
+        .expect("date runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("date cannot read {rfc3339:?}: {e}"))
+}
+
+#[test]
+fn a_partitioned_node_turns_unknown_in_time_and_comes_back() {
+    require_root!();
+    let root_before = root_netns_snapshot();
+    let mut cluster = Cluster::start("cut", &[GRACE]);
+    cluster.add_agent("cut-a", &[]);
+    cluster.apply(&deployment("held", 1, ""));
+    cluster.until("held's pod Running", Duration::from_secs(90), || {
+        let pods = live_pods(&cluster, "held");
+        pods.len() == 1 && running_on_their_agents(&cluster, &pods)
+    });
+    let pod = live_pods(&cluster, "held").remove(0);
+    let container = container_id(&pod).unwrap().to_string();
+    // Longer than the grace period: the agent's answers keep renewing the Lease.
+    std::thread::sleep(Duration::from_secs(25));
+    let n = cluster.json(&["get", "node", "cut-a"]).unwrap();
+    assert_eq!(node_ready(&n), "True", "an answering node stays Ready");
+
+    let cut_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let cut = std::time::Instant::now();
+    cluster.agent("cut-a").set_link(false);
+    cluster.until(
+        "cut-a Unknown with the unreachable NoExecute taint",
+        Duration::from_secs(90),
+        || {
+            cluster.json(&["get", "node", "cut-a"]).is_some_and(|n| {
+                node_ready(&n) == "Unknown" && has_taint(&n, UNREACHABLE, "NoExecute")
+            })
+        },
+    );
+    let took = cut.elapsed();
+    // The grace period (20 s) and one renewal period (10 s).
+    assert!(
+        took <= Duration::from_secs(30),
+        "cut-a turned Unknown {took:?} after the cut (grace 20 s + renewal 10 s)\n{}",
+        cluster.logs()
+    );
+    let lease = cluster
+        .json(&["get", "lease", "-n", "kube-node-lease", "cut-a"])
+        .expect("cut-a's Lease");
+    let renewed = lease["spec"]["renewTime"].as_str().expect("a renewTime");
+    // An answer already on the wire at the cut may still renew it: a second's slack.
+    assert!(
+        epoch_seconds(renewed) <= cut_wall + 1.0,
+        "the Lease was renewed at {renewed}, after the cut ({:.1}s after)",
+        epoch_seconds(renewed) - cut_wall
+    );
+    eprintln!("cut-a Unknown {took:?} after the cut; Lease last renewed {renewed}");
+
+    cluster.agent("cut-a").set_link(true);
+    cluster.until(
+        "cut-a Ready again without the taint",
+        Duration::from_secs(90),
+        || {
+            cluster.json(&["get", "node", "cut-a"]).is_some_and(|n| {
+                node_ready(&n) == "True" && !has_taint(&n, UNREACHABLE, "NoExecute")
+            })
+        },
+    );
+    // The pod stayed (its toleration for the unreachable taint is 300 s), with the
+    // same container, running all along.
+    let pods = live_pods(&cluster, "held");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(name(&pods[0]), name(&pod), "the same pod");
+    assert_eq!(container_id(&pods[0]), Some(container.as_str()));
+    let state = cluster
+        .agent("cut-a")
+        .container_state(&container)
+        .expect("the runtime holds the container");
+    assert_eq!(state["status"], "running", "{state}");
+    assert!(
+        cluster
+            .agent("cut-a")
+            .output()
+            .contains("connected to the controller")
+    );
+    cluster.ok(&["delete", "deployment/held", "--wait=false"], None);
+    cluster.until("cut-a's runtime empty", Duration::from_secs(60), || {
+        cluster.agent("cut-a").containers().is_empty()
+    });
+    drop(cluster);
+    assert_eq!(
+        root_netns_snapshot(),
+        root_before,
+        "the host's network namespace is unchanged"
+    );
+}
+
+#[test]
+fn a_second_machine_with_a_taken_node_name_is_refused() {
+    require_root!();
+    let mut cluster = Cluster::start("twin", &[]);
+    cluster.add_agent("twin", &[]);
+    cluster.until("twin Ready", Duration::from_secs(60), || {
+        cluster
+            .json(&["get", "node", "twin"])
+            .is_some_and(|n| node_ready(&n) == "True")
+    });
+    let first_ip = cluster.agent("twin").ip().to_string();
+    let internal_ip = |cluster: &Cluster| {
+        cluster
+            .json(&["get", "node", "twin"])
+            .map(|n| n["status"]["addresses"][0]["address"].clone())
+    };
+
+    // A second board with the same name: its join is refused, it says why and exits,
+    // and stores no credentials.
+    let mut clone = cluster.start_machine_named("twin");
+    let status = clone
+        .process()
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", clone.output()));
+    assert!(!status.success(), "{}", clone.output());
+    let log = clone.output();
+    for part in [
+        "the controller refused to let this node join",
+        "node name \"twin\" belongs to another machine",
+        "give this one its own --node-name",
+        "`kubectl delete node twin`",
+    ] {
+        assert!(
+            log.contains(part),
+            "{part:?} not in the clone's log:\n{log}"
+        );
+    }
+    eprintln!(
+        "the clone's refusal: {}",
+        log.lines().find(|l| l.contains("refused")).unwrap_or("")
+    );
+    assert!(!clone.data_dir().join("link/node.crt").exists());
+    // The first machine keeps the name: still Ready, its own address, one session.
+    let n = cluster.json(&["get", "node", "twin"]).unwrap();
+    assert_eq!(node_ready(&n), "True");
+    assert_eq!(internal_ip(&cluster), Some(Value::from(first_ip.clone())));
+    assert_eq!(
+        cluster
+            .controller()
+            .output()
+            .matches("node session up")
+            .count(),
+        1,
+        "the owner's session was not replaced"
+    );
+    drop(clone);
+
+    // Once the old machine is gone and its Node deleted, a new one takes the name.
+    cluster.agent_mut("twin").kill();
+    cluster.ok(&["delete", "node", "twin"], None);
+    let mut heir = cluster.start_machine_named("twin");
+    heir.process()
+        .wait_for_log("joined the cluster", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", heir.output()));
+    let heir_ip = heir.ip().to_string();
+    cluster.until(
+        "twin Ready as the new machine",
+        Duration::from_secs(60),
+        || {
+            internal_ip(&cluster) == Some(Value::from(heir_ip.clone()))
+                && cluster
+                    .json(&["get", "node", "twin"])
+                    .is_some_and(|n| node_ready(&n) == "True")
+        },
+    );
+    // The old machine, started again from its credentials, is refused its session.
+    cluster.restart_agent("twin");
+    cluster
+        .agent_mut("twin")
+        .process()
+        .wait_for_log("belongs to another machine", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    let log = cluster.agent("twin").output();
+    eprintln!(
+        "the old machine's refusal: {}",
+        log.lines().find(|l| l.contains("belongs to")).unwrap_or("")
+    );
+    assert!(
+        log.contains(
+            "the controller ended the session: node name \"twin\" belongs to another machine"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        internal_ip(&cluster),
+        Some(Value::from(heir_ip)),
+        "the Node stays the new machine's"
+    );
+    drop(heir);
 }

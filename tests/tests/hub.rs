@@ -330,10 +330,19 @@ impl Link {
 
 /// Joins as `node` with `secret`: the certificate, or the hub's refusal.
 fn join(c: &Controller, node: &str, secret: &str) -> Result<NodeCert, String> {
+    join_with_key(c, node, secret, &rcgen::KeyPair::generate().unwrap())
+}
+
+/// Joins as `node` with `secret` and the machine key `key`.
+fn join_with_key(
+    c: &Controller,
+    node: &str,
+    secret: &str,
+    key: &rcgen::KeyPair,
+) -> Result<NodeCert, String> {
     let token = c.token();
     let mut link = Link::dial(c.hub, &token.ca_hash, None)?;
     link.hello(node, PROTOCOL_VERSION);
-    let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
@@ -1154,4 +1163,105 @@ fn a_node_whose_session_drops_turns_unknown() {
     c.until("node n1 Ready again", Duration::from_secs(30), || {
         c.ok(&["get", "node", "n1"]).contains(" Ready ")
     });
+}
+
+/// Opens a session with `cert` that the hub must refuse; its reason.
+fn refused_session(c: &Controller, cert: &NodeCert) -> String {
+    let mut link = Link::dial(c.hub, "", Some(cert)).expect("mutual TLS session");
+    link.hello("n1", PROTOCOL_VERSION);
+    link.send(&Frame::NodeReport(node_report()));
+    loop {
+        match link.recv(Duration::from_secs(10)) {
+            Some(Frame::Refused { reason }) => return reason,
+            Some(Frame::Ping(_)) => continue,
+            other => panic!("expected the session refused, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_node_name_belongs_to_the_machine_that_joined_with_it_first() {
+    let c = Controller::start(&[]);
+    let secret = c.token().secret;
+    let key_a = rcgen::KeyPair::generate().unwrap();
+    let cert_a = join_with_key(&c, "n1", &secret, &key_a).expect("the first join");
+    let agent_a = Agent::start(&c, &cert_a);
+    agent_a.send(Frame::NodeReport(node_report()));
+    c.until("node n1 Ready", Duration::from_secs(20), || {
+        c.ok(&["get", "node", "n1"]).contains(" Ready ")
+    });
+    // The owner's key is recorded where the controller keeps its state.
+    let record = c.json(&["get", "secret", "-n", "kube-system", "n1.node-key.flotilla"]);
+    assert_eq!(record["type"], "flotilla.dev/node-key");
+    assert_eq!(record["metadata"]["annotations"]["flotilla.dev/node"], "n1");
+
+    // Another machine (another key) cannot join as n1 while Node n1 exists, and is
+    // told how to free the name; nothing changes for the owner.
+    let reason = join(&c, "n1", &secret).expect_err("a second machine as n1");
+    assert!(
+        reason.contains("node name \"n1\" belongs to another machine")
+            && reason.contains("--node-name")
+            && reason.contains("`kubectl delete node n1`"),
+        "{reason}"
+    );
+    assert_eq!(
+        c.json(&["get", "secret", "-n", "kube-system", "n1.node-key.flotilla"])["data"],
+        record["data"],
+        "the record is unchanged"
+    );
+    // The owner joining again (a renewed certificate) is accepted.
+    let renewed = join_with_key(&c, "n1", &secret, &key_a).expect("the owner joins again");
+    assert_ne!(renewed.cert_pem, cert_a.cert_pem);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !c.proc.output().contains("another machine now owns"),
+        "the owner's session stays up"
+    );
+    agent_a.send(Frame::NodeReport(node_report()));
+    assert!(c.ok(&["get", "node", "n1"]).contains(" Ready "));
+
+    // `kubectl delete node n1` frees the name: the next machine takes it, and the
+    // old owner's session, still up, is ended.
+    c.ok(&["delete", "node", "n1"]);
+    let key_b = rcgen::KeyPair::generate().unwrap();
+    let cert_b = join_with_key(&c, "n1", &secret, &key_b).expect("a join once freed");
+    c.until(
+        "the old owner's session ended",
+        Duration::from_secs(10),
+        || {
+            c.proc
+                .output()
+                .contains("another machine now owns node name \"n1\"")
+        },
+    );
+    drop(agent_a);
+    assert_ne!(
+        c.json(&["get", "secret", "-n", "kube-system", "n1.node-key.flotilla"])["data"],
+        record["data"],
+        "the record holds the new owner's key"
+    );
+    let agent_b = Agent::start(&c, &cert_b);
+    agent_b.send(Frame::NodeReport(node_report()));
+    c.until("node n1 Ready again", Duration::from_secs(20), || {
+        c.kubectl(&["get", "node", "n1"], None).status.success()
+            && c.ok(&["get", "node", "n1"]).contains(" Ready ")
+    });
+    // The old owner's certificates are refused their session now.
+    for cert in [&cert_a, &renewed] {
+        let reason = refused_session(&c, cert);
+        assert!(
+            reason.contains("node name \"n1\" belongs to another machine")
+                && reason.contains("`kubectl delete node n1`"),
+            "{reason}"
+        );
+    }
+    // The new owner's session was not disturbed by them.
+    agent_b.send(Frame::NodeReport(node_report()));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(c.ok(&["get", "node", "n1"]).contains(" Ready "));
+    assert_eq!(
+        c.proc.output().matches("replaced by a new session").count(),
+        0,
+        "no session of n1 replaced another"
+    );
 }

@@ -4,6 +4,7 @@
 //! node session.
 
 use super::codec::{self, ReadError};
+use super::owner::{self, Refusal};
 use super::{Hub, join, session};
 use crate::server::identity_from_cert;
 use anyhow::{Context, Result};
@@ -96,12 +97,13 @@ async fn handle(
     })
     .await?
     .context("TLS handshake")?;
-    let ident = tls
+    let peer_cert = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(identity_from_cert);
+        .cloned();
+    let ident = peer_cert.as_ref().and_then(identity_from_cert);
     let (mut rd, mut wr) = futures_lite::io::split(tls);
     codec::write_frame(&mut wr, &codec::hello()).await?;
     let limit = if ident.is_some() {
@@ -141,7 +143,19 @@ async fn handle(
         Some(id) => match id.node_name() {
             Some(node) => {
                 let node = node.to_owned();
-                session::run(hub, node, rd, wr, peer, hello).await
+                let key = peer_cert
+                    .as_ref()
+                    .and_then(|c| owner::key_of_cert(c.as_ref()))
+                    .context("the node certificate has no readable public key")?;
+                // Only the machine that owns the name holds a session for it.
+                match owner::claim(&hub, &node, &key, "session").await {
+                    Ok(()) => session::run(hub, node, key, rd, wr, peer, hello).await,
+                    Err(Refusal::Taken(reason) | Refusal::Store(reason)) => {
+                        tracing::warn!(%peer, %node, %reason, "node session refused");
+                        refuse(&mut wr, &reason).await;
+                        anyhow::bail!(reason)
+                    }
+                }
             }
             None => {
                 let reason = format!(

@@ -15,6 +15,7 @@ pub mod index;
 pub mod join;
 pub mod listen;
 pub mod node;
+pub mod owner;
 pub mod report;
 pub mod resolve;
 pub mod session;
@@ -84,6 +85,16 @@ impl Hub {
         let old = self.lock_sessions().insert(s.node.clone(), s);
         if let Some(old) = old {
             old.close("replaced by a new session of the same node");
+        }
+    }
+
+    /// Ends `node`'s session if its certificate holds another key than `key` (the
+    /// name was just taken over by the machine holding `key`).
+    fn close_other_owners(&self, node: &str, key: &str) {
+        if let Some(s) = self.session(node)
+            && s.key != key
+        {
+            s.close(&format!("another machine now owns node name {node:?}"));
         }
     }
 

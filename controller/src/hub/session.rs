@@ -1,8 +1,13 @@
 //! A node session: the mutual-TLS link of one node (its name comes from its
 //! certificate, never from a frame). Three loops share it: the reader (reports, events,
 //! stream frames, pings), the writer (drains the outgoing queue) and a worker that
-//! writes reports through the API in order, renews the node's Lease and pings every
-//! 10 s. Whatever ends first ends the session.
+//! writes reports through the API in order, pings the agent every [`HEARTBEAT`] and
+//! renews the node's Lease when the agent answers. Whatever ends first ends the session.
+//!
+//! Liveness: the Lease is renewed only on the agent's Pong to the latest Ping, so it
+//! stops advancing the moment the agent stops answering (a cut link, a hung agent) and
+//! the node turns Unknown one grace period after the last answer; a session that hears
+//! nothing for [`SILENCE`] is ended.
 
 use super::codec::{self, ReadError};
 use super::{Hub, events, index, node, report, streams};
@@ -14,10 +19,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often the hub renews the node's Lease and pings the agent.
+/// How often the hub pings the agent, and so renews the node's Lease on its answer
+/// (the kubelet's 10 s Lease renewal: a quarter of the 40 s Lease duration).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
-/// A session that hears nothing for this long is dead (the agent pings every 10 s).
-pub const SILENCE: Duration = Duration::from_secs(45);
+/// A session that hears nothing for this long is ended. The agent pings every 10 s and
+/// answers the hub's pings, so this is three missed rounds: a late answer or a short
+/// Wi-Fi drop survives it, while a dead link is let go before the default 40 s grace
+/// period turns the node Unknown (TCP alone would keep it for ~15 minutes of
+/// retransmissions), so `kubectl logs`/`exec` fail promptly and nothing is queued for
+/// a node that cannot read it.
+pub const SILENCE: Duration = Duration::from_secs(30);
 /// Frames queued for a node that does not read them before the session is dropped
 /// (it gets the whole set again when it reconnects).
 const MAX_QUEUED: usize = 20_000;
@@ -29,6 +40,8 @@ pub struct Session {
     pub node: String,
     /// Tells this session from an older or newer one of the same node.
     pub id: u64,
+    /// The hash of its certificate's public key ([`super::owner`]).
+    pub key: String,
     out: smol::channel::Sender<Frame>,
     close_tx: smol::channel::Sender<String>,
     /// The NodeConfig last sent.
@@ -66,6 +79,8 @@ impl Session {
 
 /// What the worker does, in order.
 enum Work {
+    /// The agent answered ping `n`.
+    Pong(u64),
     Node(Box<NodeReport>),
     Pod(Box<PodReport>),
     Event(Box<AgentEvent>),
@@ -75,6 +90,7 @@ enum Work {
 pub async fn run<R, W>(
     hub: Arc<Hub>,
     node: String,
+    key: String,
     rd: R,
     wr: W,
     peer: std::net::SocketAddr,
@@ -89,6 +105,7 @@ where
     let s = Arc::new(Session {
         node: node.clone(),
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        key,
         out,
         close_tx,
         last_config: Mutex::new(None),
@@ -107,6 +124,8 @@ where
         }),
     )
     .await;
+    // A close() also ends the writer, which may finish first: its reason says more.
+    let reason = close_rx.try_recv().unwrap_or(reason);
     hub.unregister(&s);
     s.out.close();
     s.streams
@@ -131,7 +150,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 s.send(Frame::Pong(n));
                 continue;
             }
-            Frame::Pong(_) => continue,
+            Frame::Pong(n) => Work::Pong(n),
             Frame::NodeReport(r) => Work::Node(Box::new(r)),
             Frame::PodStatus(r) => Work::Pod(Box::new(r)),
             Frame::Event(e) => Work::Event(Box::new(e)),
@@ -184,7 +203,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn worker(hub: &Arc<Hub>, s: &Arc<Session>, rx: smol::channel::Receiver<Work>) -> String {
     let mut registered = false;
     let mut next_beat = Instant::now() + HEARTBEAT;
-    let mut pings = 0u64;
+    let mut lease = Renewals::default();
     loop {
         let item = futures_lite::future::or(async { rx.recv().await.ok().map(Some) }, async {
             smol::Timer::at(next_beat).await;
@@ -195,9 +214,13 @@ async fn worker(hub: &Arc<Hub>, s: &Arc<Session>, rx: smol::channel::Receiver<Wo
             None => return "the session ended".to_owned(),
             Some(None) => {
                 next_beat = Instant::now() + HEARTBEAT;
-                pings += 1;
-                s.send(Frame::Ping(pings));
-                if registered && let Err(e) = node::renew_lease(hub, &s.node).await {
+                s.send(Frame::Ping(lease.ping()));
+            }
+            Some(Some(Work::Pong(n))) => {
+                if lease.answered(n)
+                    && registered
+                    && let Err(e) = node::renew_lease(hub, &s.node).await
+                {
                     tracing::warn!(node = %s.node, error = %e.message, "renewing the node lease");
                 }
             }
@@ -221,5 +244,65 @@ async fn worker(hub: &Arc<Hub>, s: &Arc<Session>, rx: smol::channel::Receiver<Wo
             }
             Some(Some(Work::Event(e))) => events::from_agent(hub, &s.node, &e).await,
         }
+    }
+}
+
+/// When to renew the Lease: on the agent's answer to a Ping sent after the Ping whose
+/// answer last renewed it (a late answer still proves the agent alive after that
+/// Ping went out, and it arrives after the previous answer). A repeated or unsolicited
+/// Pong renews nothing, so renewals stop as soon as answers do and never outnumber
+/// the pings.
+#[derive(Default)]
+struct Renewals {
+    /// The latest Ping sent.
+    sent: u64,
+    /// The Ping whose answer last renewed the Lease.
+    renewed: u64,
+}
+
+impl Renewals {
+    /// The number of the next Ping.
+    fn ping(&mut self) -> u64 {
+        self.sent += 1;
+        self.sent
+    }
+
+    /// The agent answered Ping `n`: true when that is due to renew the Lease.
+    fn answered(&mut self, n: u64) -> bool {
+        if n <= self.sent && n > self.renewed {
+            self.renewed = n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Renewals;
+
+    #[test]
+    fn the_lease_is_renewed_once_per_answered_ping() {
+        let mut r = Renewals::default();
+        // An unsolicited Pong (none sent yet) renews nothing.
+        assert!(!r.answered(0));
+        assert!(!r.answered(1));
+        let p1 = r.ping();
+        assert!(r.answered(p1), "the answer to the latest ping renews");
+        assert!(!r.answered(p1), "a repeated answer does not");
+        // Pings left unanswered renew nothing; a late answer to one renews once, and
+        // the answer to an older ping after that does not.
+        let p2 = r.ping();
+        let p3 = r.ping();
+        assert!(r.answered(p3), "a late answer renews");
+        assert!(
+            !r.answered(p2),
+            "an answer older than the last renewal does not"
+        );
+        assert!(
+            !r.answered(p3 + 1),
+            "an answer to a ping never sent does not"
+        );
     }
 }
