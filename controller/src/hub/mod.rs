@@ -1,8 +1,9 @@
 //! The hub: the controller's end of the agent link (DESIGN.md, "Protocols").
 //!
 //! Agents dial it over TLS ([`listen`]). A link without a client certificate is a join
-//! ([`join`]): the token's secret buys a node certificate signed from the agent's CSR.
-//! A link with a node certificate is a session ([`session`]) for that node only: its
+//! ([`join`]): the token's secret buys a node certificate signed from the agent's CSR,
+//! for a node name that no other machine's key owns ([`owner`]). A link with a node
+//! certificate of the name's owner is a session ([`session`]) for that node only: its
 //! Node object and Lease ([`node`]), the node's desired pods resolved to
 //! [`PodSpec`](flotilla_shared::pod::PodSpec)s ([`resolve`]) and kept current from
 //! store watches ([`index`]), pod reports turned into pod status ([`report`]) and

@@ -1,8 +1,8 @@
 //! A node's own objects, written from its session: the Node (registered on the first
 //! report with the well-known labels and the agent's labels and taints; status from
 //! every report with Ready=True while the link is up) and its Lease in
-//! `kube-node-lease`, renewed while the session lasts so the node lifecycle controller
-//! sees the node alive — and turns it Unknown once renewals stop.
+//! `kube-node-lease`, renewed each time the agent answers the session's ping so the node
+//! lifecycle controller sees the node alive — and turns it Unknown once answers stop.
 
 use super::Hub;
 use super::write::{self, modify};
