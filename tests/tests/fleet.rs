@@ -705,9 +705,10 @@ fn a_partitioned_node_turns_unknown_in_time_and_comes_back() {
         .json(&["get", "lease", "-n", "kube-node-lease", "cut-a"])
         .expect("cut-a's Lease");
     let renewed = lease["spec"]["renewTime"].as_str().expect("a renewTime");
-    // An answer already on the wire at the cut may still renew it: a second's slack.
+    // An answer already on the wire (or queued in the hub) at the cut may still renew
+    // it: a few seconds' slack (the old timer renewed it for ~40 s after the cut).
     assert!(
-        epoch_seconds(renewed) <= cut_wall + 1.0,
+        epoch_seconds(renewed) <= cut_wall + 3.0,
         "the Lease was renewed at {renewed}, after the cut ({:.1}s after)",
         epoch_seconds(renewed) - cut_wall
     );
