@@ -2,13 +2,18 @@
 //! the list's revision; a watcher that ends is resumed from its last revision, and a
 //! `Gone` answer (history compacted) means listing again. Every change is handed to a
 //! routing function that turns it into work-queue keys. Most caches hold k8s-openapi
-//! objects; the pod cache holds compact [`PodRecord`]s.
+//! objects (Nodes without their image lists); the pod cache holds compact
+//! [`PodRecord`]s.
 
 use super::Ctx;
 use super::podrec::{Interner, PodRecord};
 use crate::api::meta;
 use flotilla_store::{EventKind, StoreError};
 use k8s_openapi::Metadata;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
@@ -19,9 +24,28 @@ use std::time::{Duration, Instant};
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
 pub type ObjKey = (String, String);
 
-/// A k8s-openapi object type, cached whole.
-pub trait Object: DeserializeOwned + Metadata<Ty = ObjectMeta> + Send + Sync + 'static {}
-impl<T: DeserializeOwned + Metadata<Ty = ObjectMeta> + Send + Sync + 'static> Object for T {}
+/// A k8s-openapi object type, cached whole but for what [`Object::slim`] drops.
+pub trait Object: DeserializeOwned + Metadata<Ty = ObjectMeta> + Send + Sync + 'static {
+    /// Drops parts no loop reads and that can be large.
+    fn slim(&mut self) {}
+}
+
+impl Object for Lease {}
+impl Object for ReplicaSet {}
+impl Object for Deployment {}
+impl Object for DaemonSet {}
+impl Object for Job {}
+impl Object for Service {}
+impl Object for Endpoints {}
+
+impl Object for Node {
+    /// A node's image list (tens of KiB on a busy node) is read by no loop.
+    fn slim(&mut self) {
+        if let Some(s) = self.status.as_mut() {
+            s.images = None;
+        }
+    }
+}
 
 /// What a cache may hold: decoded from the stored JSON, keyed by namespace and name,
 /// indexed by its controller owner.
@@ -236,21 +260,23 @@ fn unindex<T>(g: &mut Inner<T>, uid: &str, key: &ObjKey) {
 }
 
 fn decode<T: Object>(value: &[u8], revision: u64) -> Option<T> {
-    match serde_json::from_slice::<T>(value) {
+    let mut obj = match serde_json::from_slice::<T>(value) {
         Ok(mut obj) => {
             obj.metadata_mut().resource_version = Some(revision.to_string());
-            Some(obj)
+            obj
         }
         Err(e) => {
             // Fall back to the API's own decoding (it tolerates what it stored).
             let v = meta::decode(value, revision);
-            serde_json::from_value(v)
+            serde_json::from_value::<T>(v)
                 .map_err(
                     |e2| tracing::warn!(error = %e, again = %e2, "undecodable object in the store"),
                 )
-                .ok()
+                .ok()?
         }
-    }
+    };
+    obj.slim();
+    Some(obj)
 }
 
 /// Lists the resource, replaces the cache's contents and routes every difference.
@@ -342,5 +368,26 @@ pub async fn follow<T: Cached>(
             }
         }
         smol::Timer::after(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_node_leaves_its_image_list_out() {
+        let stored = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"a": "b"}},
+            "status": {"images": [{"names": ["busybox:1.36"], "sizeBytes": 1000}],
+                "allocatable": {"cpu": "2"},
+                "conditions": [{"type": "Ready", "status": "True"}]}});
+        let n: Node = decode(&serde_json::to_vec(&stored).unwrap(), 7).unwrap();
+        let status = n.status.unwrap();
+        assert_eq!(status.images, None);
+        assert!(status.allocatable.unwrap().contains_key("cpu"));
+        assert_eq!(status.conditions.unwrap()[0].status, "True");
+        assert_eq!(n.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(n.metadata.labels.unwrap()["a"], "b");
     }
 }
