@@ -207,9 +207,18 @@ pub async fn delete(
 }
 
 /// Binds a pod as kube-scheduler's POST of a Binding does, through the API layer's own
-/// binding path (one durable write of the stored pod; no request round trip).
+/// binding path (one durable write of the stored pod; no request round trip). Like
+/// kube-scheduler's binder it names the uid of the pod it decided for (from the cache),
+/// so a pod deleted and created again under the same name is not bound in its stead.
 pub async fn bind(ctx: &Arc<Ctx>, namespace: &str, name: &str, node: &str) -> ApiResult<()> {
-    let b = binding::Binding::new(namespace, name, node, SCHEDULER);
+    let uid = ctx
+        .pods
+        .get(&(namespace.to_owned(), name.to_owned()))
+        .and_then(|p| p.uid.clone());
+    let b = binding::Binding {
+        uid: uid.as_deref(),
+        ..binding::Binding::new(namespace, name, node, SCHEDULER)
+    };
     binding::bind_pod(&ctx.api, &b).await.map(|_| ())
 }
 
