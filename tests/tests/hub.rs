@@ -1265,3 +1265,47 @@ fn a_node_name_belongs_to_the_machine_that_joined_with_it_first() {
         "no session of n1 replaced another"
     );
 }
+
+#[test]
+fn a_second_live_session_with_the_same_credentials_is_reported() {
+    let c = Controller::start(&[]);
+    let cert = join(&c, "n1", &c.token().secret).expect("join");
+    let first = Agent::start(&c, &cert);
+    first.send(Frame::NodeReport(node_report()));
+    c.until("node n1 Ready", Duration::from_secs(20), || {
+        c.ok(&["get", "node", "n1"]).contains(" Ready ")
+    });
+    // A copy of the same credentials (a card cloned after the node joined) connects
+    // while the first machine still answers: the hub says so.
+    let copy = Agent::start(&c, &cert);
+    c.until(
+        "the replaced live session reported",
+        Duration::from_secs(10),
+        || {
+            c.proc
+                .output()
+                .contains("two machines hold this node's credentials")
+        },
+    );
+    drop(first);
+    // A machine reconnecting after its old link closed is not reported.
+    drop(copy);
+    c.until("the copy's session down", Duration::from_secs(10), || {
+        c.proc.output().matches("node session down").count() == 2
+    });
+    let again = Agent::start(&c, &cert);
+    again.send(Frame::NodeReport(node_report()));
+    c.until("node n1 Ready again", Duration::from_secs(20), || {
+        c.proc.output().matches("node session up").count() == 3
+            && c.ok(&["get", "node", "n1"]).contains(" Ready ")
+    });
+    assert_eq!(
+        c.proc
+            .output()
+            .matches("two machines hold this node's credentials")
+            .count(),
+        1,
+        "{}",
+        c.proc.output()
+    );
+}

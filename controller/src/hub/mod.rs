@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// The hub's settings, from the `serve` flags.
 #[derive(Clone, Debug)]
@@ -81,10 +82,26 @@ impl Hub {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers `s` as its node's session, closing the one it replaces.
+    /// Registers `s` as its node's session, closing the one it replaces. Replacing one
+    /// whose agent still answers is reported: a machine reconnecting has left its old
+    /// link (closed, or silent since it went down), so when it repeats, two machines
+    /// hold this node's credentials (a card cloned after the node joined) and take
+    /// the session from each other.
     fn register(&self, s: Arc<Session>) {
-        let old = self.lock_sessions().insert(s.node.clone(), s);
+        let (node, peer) = (s.node.clone(), s.peer);
+        let old = self.lock_sessions().insert(node.clone(), s);
         if let Some(old) = old {
+            let quiet = old.quiet_for();
+            if quiet < session::HEARTBEAT + Duration::from_secs(5) {
+                tracing::warn!(
+                    %node, old_peer = %old.peer, new_peer = %peer,
+                    "node {node}: a session from {peer} replaced the one from {} that was still answering ({:.1}s ago); \
+                     if this repeats, two machines hold this node's credentials (a card cloned after the node joined): \
+                     give the copy its own --node-name after removing its <data-dir>/link",
+                    old.peer,
+                    quiet.as_secs_f64()
+                );
+            }
             old.close("replaced by a new session of the same node");
         }
     }

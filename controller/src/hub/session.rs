@@ -42,6 +42,10 @@ pub struct Session {
     pub id: u64,
     /// The hash of its certificate's public key ([`super::owner`]).
     pub key: String,
+    /// Where the agent dials from.
+    pub peer: std::net::SocketAddr,
+    /// When the agent was last heard from (any frame).
+    heard: Mutex<Instant>,
     out: smol::channel::Sender<Frame>,
     close_tx: smol::channel::Sender<String>,
     /// The NodeConfig last sent.
@@ -59,6 +63,14 @@ impl Session {
             return false;
         }
         self.out.try_send(frame).is_ok()
+    }
+
+    /// How long ago the agent was last heard from.
+    pub fn quiet_for(&self) -> Duration {
+        self.heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     /// Ends the session (the reader, writer and worker stop).
@@ -106,6 +118,8 @@ where
         node: node.clone(),
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         key,
+        peer,
+        heard: Mutex::new(Instant::now()),
         out,
         close_tx,
         last_config: Mutex::new(None),
@@ -145,6 +159,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Err(ReadError::Closed) => return "the agent closed the link".to_owned(),
             Err(e) => return e.to_string(),
         };
+        *s.heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let item = match frame {
             Frame::Ping(n) => {
                 s.send(Frame::Pong(n));
