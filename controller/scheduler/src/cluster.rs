@@ -439,7 +439,10 @@ impl Cluster {
         let total = self.slots.len();
         let (start, want) = match &inc.only_nodes {
             Some(only) => (0, feasible_nodes_to_find(only.len())),
-            None => (self.next_start.get() % total, feasible_nodes_to_find(num_nodes)),
+            None => (
+                self.next_start.get() % total,
+                feasible_nodes_to_find(num_nodes),
+            ),
         };
         let mut candidates = Vec::with_capacity(want);
         let mut visited = 0;
