@@ -39,6 +39,7 @@ pub fn executor() -> Arc<smol::Executor<'static>> {
 /// (up to 8 per core) and never merges them, so the executor, committer and blocking
 /// threads would each keep their own high-water mark of freed memory; two arenas hold
 /// the controller's RSS to what it uses, at no measurable cost in throughput here.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENAS: i32 = 2;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
