@@ -29,7 +29,9 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Recorder {
-        let (tx, rx) = smol::channel::bounded(QUEUE);
+        // Unbounded with a length check rather than `bounded(QUEUE)`, which would
+        // allocate every slot (~4 MiB) at start; the queue grows only as events wait.
+        let (tx, rx) = smol::channel::unbounded();
         Recorder {
             recent: Mutex::default(),
             tx,
@@ -43,7 +45,8 @@ const REMEMBERED: usize = 4096;
 
 /// Queues `ev` for writing (events are best effort: a full queue drops it).
 pub fn record(ctx: &Ctx, ev: Event, component: &'static str) {
-    if ctx.events.tx.try_send((ev, component)).is_err() {
+    let full = ctx.events.tx.len() >= QUEUE;
+    if full || ctx.events.tx.try_send((ev, component)).is_err() {
         let n = ctx.events.dropped.fetch_add(1, Ordering::Relaxed);
         if n.is_power_of_two() {
             tracing::warn!(dropped = n + 1, "the event queue is full; dropping events");
