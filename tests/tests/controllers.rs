@@ -1061,7 +1061,9 @@ fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
         r#"[{"op":"add","path":"/spec/template/spec/containers/0/env","value":[{"name":"MODE","value":"edited"}]}]"#,
     ]);
 
-    // The same Deployment again: its new ReplicaSet cannot take that name.
+    // The same Deployment again. As upstream, it first adopts the orphan its selector
+    // matches (an old ReplicaSet now, its template differing); its new ReplicaSet cannot
+    // take that name, so collisionCount goes up and the rollout moves to another name.
     c.apply(&yaml);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     let d = c.json(&["get", "deployment", "web"]);
@@ -1074,25 +1076,33 @@ fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
         .iter()
         .filter(|rs| s(rs, &["metadata", "ownerReferences", "0", "uid"]) == uid)
         .collect();
-    assert_eq!(mine.len(), 1, "one ReplicaSet of the Deployment: {sets:?}");
-    let name = s(mine[0], &["metadata", "name"]);
-    let hash = s(mine[0], &["metadata", "labels", "pod-template-hash"]);
-    assert_ne!(name, taken, "the new ReplicaSet has another name");
-    assert_eq!(name, format!("web-{hash}"));
-    assert!(
-        mine[0]["spec"]["template"]["spec"]["containers"][0]["env"].is_null(),
-        "the new ReplicaSet has the Deployment's template: {}",
-        mine[0]["spec"]["template"]
+    assert_eq!(
+        mine.len(),
+        2,
+        "the adopted ReplicaSet and a new one: {sets:?}"
     );
-    let pods = live_pods(&c, &format!("app=web,pod-template-hash={hash}"));
-    assert_eq!(pods.len(), 2, "{pods:?}");
-    assert!(pods.iter().all(ready));
+    let new = mine
+        .iter()
+        .find(|rs| s(rs, &["metadata", "name"]) != taken)
+        .expect("a ReplicaSet under another name");
+    let hash = s(new, &["metadata", "labels", "pod-template-hash"]).to_owned();
+    assert_eq!(s(new, &["metadata", "name"]), format!("web-{hash}"));
+    assert!(
+        new["spec"]["template"]["spec"]["containers"][0]["env"].is_null(),
+        "the new ReplicaSet has the Deployment's template: {}",
+        new["spec"]["template"]
+    );
 
-    // The edited ReplicaSet keeps its template and its pods.
-    let other = c.json(&["get", "rs", &taken]);
+    // The edited one keeps its template and is rolled over to the new one.
+    c.wait(
+        "the adopted ReplicaSet to scale to 0",
+        Duration::from_secs(30),
+        || c.json(&["get", "rs", &taken])["spec"]["replicas"] == 0,
+    );
+    let old = c.json(&["get", "rs", &taken]);
     assert_eq!(
         s(
-            &other,
+            &old,
             &[
                 "spec",
                 "template",
@@ -1106,9 +1116,84 @@ fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
         ),
         "edited"
     );
-    assert_eq!(other["spec"]["replicas"], 2, "{}", other["spec"]);
+    c.wait("only the new pods", Duration::from_secs(30), || {
+        let pods = live_pods(&c, "app=web");
+        pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| ready(p) && s(p, &["metadata", "labels", "pod-template-hash"]) == hash)
+    });
     let history = c.ok(&["rollout", "history", "deployment/web"]);
-    assert!(history.contains("\n1 "), "{history}");
+    assert!(
+        history.contains("\n1 ") && history.contains("\n2 "),
+        "{history}"
+    );
+}
+
+/// `kubectl delete deployment --cascade=orphan`, then the same Deployment applied again:
+/// as upstream, it adopts the orphaned ReplicaSet (the same one, now controlled by the
+/// new Deployment's uid) with its pods — no second ReplicaSet, no new pods.
+#[test]
+fn a_deployment_made_again_adopts_its_orphaned_replicaset_and_pods() {
+    let c = Controller::start();
+    let nodes = ["n1", "n2"];
+    for n in nodes {
+        c.node(n, "4", "", "");
+    }
+    let _kubelet = Kubelet::start(&c, &nodes, false);
+    let yaml = deployment("web", 2, "busybox:1.36", "100m", "");
+    c.apply(&yaml);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let sets = c.items(&["get", "rs", "-l", "app=web"]);
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let rs_name = s(&sets[0], &["metadata", "name"]).to_owned();
+    let rs_uid = s(&sets[0], &["metadata", "uid"]).to_owned();
+    let old_uid = s(&c.json(&["get", "deployment", "web"]), &["metadata", "uid"]).to_owned();
+    let pods_before = uids(&c.items(&["get", "pods", "-l", "app=web"]));
+    assert_eq!(pods_before.len(), 2);
+
+    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+    assert!(gone(&c, "deployment", "web"), "the Deployment is deleted");
+    c.wait(
+        "the ReplicaSet to be orphaned",
+        Duration::from_secs(20),
+        || c.json(&["get", "rs", &rs_name])["metadata"]["ownerReferences"].is_null(),
+    );
+
+    c.apply(&yaml);
+    let uid = s(&c.json(&["get", "deployment", "web"]), &["metadata", "uid"]).to_owned();
+    assert_ne!(uid, old_uid, "a new Deployment");
+    c.wait(
+        "the ReplicaSet to be adopted",
+        Duration::from_secs(20),
+        || {
+            let rs = c.json(&["get", "rs", &rs_name]);
+            let refs = &rs["metadata"]["ownerReferences"];
+            refs.as_array().is_some_and(|r| r.len() == 1)
+                && refs[0]["uid"] == uid.as_str()
+                && refs[0]["controller"] == true
+                && refs[0]["kind"] == "Deployment"
+        },
+    );
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let d = c.json(&["get", "deployment", "web"]);
+    assert!(d["status"]["collisionCount"].is_null(), "{}", d["status"]);
+    assert_eq!(d["status"]["availableReplicas"], 2, "{}", d["status"]);
+    holds_for(5, || {
+        let sets = c.items(&["get", "rs", "-l", "app=web"]);
+        assert_eq!(uids(&sets), vec![rs_uid.clone()], "the same one ReplicaSet");
+        let pods = c.items(&["get", "pods", "-l", "app=web"]);
+        assert_eq!(uids(&pods), pods_before, "the same pods run on: {pods:?}");
+        for p in &pods {
+            assert!(!terminating(p), "a pod is being deleted: {p}");
+            assert_eq!(s(p, &["metadata", "ownerReferences", "0", "uid"]), rs_uid);
+        }
+    });
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    assert!(
+        history.contains("\n1 ") && !history.contains("\n2 "),
+        "{history}"
+    );
 }
 
 fn replicaset(name: &str, replicas: u32) -> String {

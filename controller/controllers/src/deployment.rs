@@ -12,9 +12,14 @@
 //! The new ReplicaSet is named `<deployment>-<hash of template and collisionCount>`; when
 //! that name is taken by another template or owner, [`name_taken`] says to bump
 //! `status.collisionCount` so the next pass picks another name, as upstream does.
+//! Before all that the deployment claims its ReplicaSets as upstream's
+//! `ClaimReplicaSets` does: orphans its selector matches are adopted ([`adoptable`]), so
+//! one deleted with `--cascade=orphan` and made again takes its ReplicaSets back, and
+//! ones it controls whose labels no longer match are released ([`releasable`]).
 
 use std::collections::BTreeMap;
 
+use flotilla_scheduler::selectors::label_selector_matches;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -242,6 +247,7 @@ pub fn reconcile(
             return step.actions;
         }
     };
+    claim(&mut step, replica_sets);
     step.new = step.all.iter().position(|rs| {
         rs.metadata.deletion_timestamp.is_none()
             && rs
@@ -403,6 +409,101 @@ fn sync_revision(step: &mut Step) {
         step.actions
             .push(Action::UpdateDeployment(Box::new(updated)));
     }
+}
+
+/// Upstream's `ClaimReplicaSets`: matching orphans join the deployment's ReplicaSets
+/// (an update adding the controller reference; the driver checks the deployment afresh
+/// before writing it), and its own ones whose labels no longer match leave them (an update
+/// dropping the reference). A deployment being deleted claims and releases nothing.
+fn claim(step: &mut Step, replica_sets: &[ReplicaSet]) {
+    let d = step.d;
+    if d.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let uid = d.metadata.uid.as_deref().unwrap_or("");
+    for rs in step.all.iter().filter(|rs| releasable(d, rs)) {
+        let mut rs = rs.clone();
+        if let Some(refs) = rs.metadata.owner_references.as_mut() {
+            refs.retain(|r| r.uid != uid);
+        }
+        if rs
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|r| r.is_empty())
+        {
+            rs.metadata.owner_references = None;
+        }
+        step.actions.push(Action::UpdateReplicaSet(Box::new(rs)));
+    }
+    step.all.retain(|rs| !releasable(d, rs));
+    for rs in replica_sets.iter().filter(|rs| adoptable(d, rs)) {
+        let rs = adopted(d, rs);
+        step.actions
+            .push(Action::UpdateReplicaSet(Box::new(rs.clone())));
+        step.all.push(rs);
+    }
+}
+
+/// The labels of `rs` match the deployment's selector.
+fn selected(d: &Deployment, rs: &ReplicaSet) -> bool {
+    d.spec.as_ref().is_some_and(|spec| {
+        label_selector_matches(
+            &spec.selector,
+            rs.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+        )
+    })
+}
+
+/// Whether `d` may adopt `rs` (upstream's ReplicaSet claiming): `rs` is an orphan (no
+/// controller owner) in the deployment's namespace, neither of them is being deleted,
+/// and the deployment's non-empty selector matches the ReplicaSet's labels.
+pub fn adoptable(d: &Deployment, rs: &ReplicaSet) -> bool {
+    let Some(spec) = d.spec.as_ref() else {
+        return false;
+    };
+    let orphan = !rs
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true));
+    let selects_something = spec
+        .selector
+        .match_labels
+        .as_ref()
+        .is_some_and(|m| !m.is_empty())
+        || spec
+            .selector
+            .match_expressions
+            .as_ref()
+            .is_some_and(|e| !e.is_empty());
+    orphan
+        && selects_something
+        && d.metadata.deletion_timestamp.is_none()
+        && rs.metadata.deletion_timestamp.is_none()
+        && rs.metadata.namespace == d.metadata.namespace
+        && selected(d, rs)
+}
+
+/// Whether `d` lets go of `rs` (upstream's ReleaseReplicaSets): `d` controls it, it is
+/// not being deleted, and its labels no longer match the selector.
+pub fn releasable(d: &Deployment, rs: &ReplicaSet) -> bool {
+    let uid = d.metadata.uid.as_deref().unwrap_or("");
+    controlled_by(&rs.metadata, uid)
+        && rs.metadata.deletion_timestamp.is_none()
+        && d.metadata.deletion_timestamp.is_none()
+        && !selected(d, rs)
+}
+
+/// `rs` with `d` as its controller owner (added to its other owner references).
+pub fn adopted(d: &Deployment, rs: &ReplicaSet) -> ReplicaSet {
+    let mut rs = rs.clone();
+    rs.metadata
+        .owner_references
+        .get_or_insert_with(Vec::new)
+        .push(controller_ref("apps/v1", "Deployment", &d.metadata));
+    rs
 }
 
 /// The `pod-template-hash` of the deployment's new ReplicaSet: its template hashed

@@ -592,7 +592,7 @@ fn replica_set(
     revision: i64,
 ) -> ReplicaSet {
     from(json!({
-        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "creationTimestamp": created,
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "creationTimestamp": created, "labels": {"app": "web"},
             "annotations": {REVISION: revision.to_string(), DESIRED_REPLICAS: desired.to_string(), MAX_REPLICAS: max.to_string()},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d-uid", "controller": true}]},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
@@ -822,47 +822,52 @@ fn a_deployment_that_changed_since_the_attempt_is_not_bumped_twice() {
     assert_eq!(name_taken(&again, &tried, &orphan), NameTaken::Stale);
 }
 
-#[test]
-fn a_hash_collision_raises_the_count_and_the_rollout_completes_under_another_name() {
-    // An orphaned ReplicaSet whose template a user edited holds the name the deployment
-    // would give its new ReplicaSet.
+/// A world whose deployment wants the name an edited ReplicaSet holds: an orphan, or one
+/// controlled by `holder`.
+fn world_with_the_name_taken(holder: Option<&str>) -> (World, String, ReplicaSet) {
     let d = deployment(2, "nginx:1", json!({}));
     let taken_name = first_replicaset(&d).metadata.name.unwrap();
-    let mut orphan = with_env(first_replicaset(&d));
-    orphan.metadata.owner_references = None;
-    orphan.metadata.uid = Some("orphan-uid".into());
-    orphan.metadata.creation_timestamp = Some(Time(at("2025-12-31T00:00:00Z")));
-    let orphan_spec = orphan.spec.clone();
+    let mut other = with_env(first_replicaset(&d));
+    other.metadata.owner_references = holder.map(|uid| {
+        vec![from(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "other",
+            "uid": uid, "controller": true}),
+        )]
+    });
+    other.metadata.uid = Some("other-rs-uid".into());
+    other.metadata.creation_timestamp = Some(Time(at("2025-12-31T00:00:00Z")));
     let mut w = World::new(d);
-    w.rss.push(orphan);
-    w.settle(0, 2 + 3);
+    w.rss.push(other.clone());
+    (w, taken_name, other)
+}
 
-    let status = w.d.status.clone().unwrap();
-    assert_eq!(status.collision_count, Some(1));
-    let mine: Vec<&ReplicaSet> = w
-        .rss
+/// The deployment's ReplicaSets in the world.
+fn mine(w: &World) -> Vec<&ReplicaSet> {
+    w.rss
         .iter()
         .filter(|rs| controlled_by(&rs.metadata, "d-uid"))
-        .collect();
-    assert_eq!(mine.len(), 1, "one new ReplicaSet");
+        .collect()
+}
+
+/// After a collision the deployment's new ReplicaSet has its template under the name
+/// hashed with collisionCount 1, and the rollout completed.
+fn check_collision_resolved(w: &World, taken_name: &str) -> String {
+    let status = w.d.status.clone().unwrap();
+    assert_eq!(status.collision_count, Some(1));
     let template = &w.d.spec.as_ref().unwrap().template;
     let new_name = format!("web-{}", template_hash(template, Some(1)));
     assert_ne!(new_name, taken_name);
-    assert_eq!(mine[0].metadata.name.as_deref(), Some(new_name.as_str()));
-    assert!(same_template(
-        mine[0].spec.as_ref().unwrap().template.as_ref().unwrap(),
-        template
-    ));
-    assert_eq!(revision(mine[0]), 1);
-    let taken = w
+    let new = w
         .rss
         .iter()
-        .find(|rs| rs.metadata.name.as_deref() == Some(taken_name.as_str()))
-        .unwrap();
-    assert_eq!(
-        taken.spec, orphan_spec,
-        "the other ReplicaSet is left alone"
-    );
+        .find(|rs| rs.metadata.name.as_deref() == Some(new_name.as_str()))
+        .expect("the new ReplicaSet under the other name");
+    assert!(controlled_by(&new.metadata, "d-uid"));
+    assert!(same_template(
+        new.spec.as_ref().unwrap().template.as_ref().unwrap(),
+        template
+    ));
+    assert_eq!(spec_replicas(new), 2);
     assert_eq!(
         (
             status.replicas,
@@ -875,15 +880,184 @@ fn a_hash_collision_raises_the_count_and_the_rollout_completes_under_another_nam
         w.condition("Progressing"),
         ("True".into(), "NewReplicaSetAvailable".into())
     );
-    let scaled: Vec<&str> = w
-        .events
+    assert!(
+        !w.events
+            .iter()
+            .any(|e| e.message.contains(&format!("{taken_name} from 0"))),
+        "no event claims the taken name was scaled up: {:?}",
+        w.events
+    );
+    new_name
+}
+
+#[test]
+fn an_orphan_holding_the_name_is_adopted_and_a_collision_renames_the_new_replicaset() {
+    // The deployment was deleted with --cascade=orphan, its ReplicaSet edited (an env
+    // var), and the deployment made again.
+    let (mut w, taken_name, other) = world_with_the_name_taken(None);
+    w.settle(0, 2 + 3);
+    check_collision_resolved(&w, &taken_name);
+    assert_eq!(mine(&w).len(), 2, "adopted and new");
+    let adopted = w
+        .rss
         .iter()
-        .filter(|e| e.reason == "ScalingReplicaSet")
-        .map(|e| e.message.as_str())
-        .collect();
+        .find(|rs| rs.metadata.name.as_deref() == Some(taken_name.as_str()))
+        .unwrap();
+    assert!(controlled_by(&adopted.metadata, "d-uid"));
+    assert_eq!(spec_replicas(adopted), 0, "rolled over to the new one");
     assert_eq!(
-        scaled,
-        [format!("Scaled up replica set {new_name} from 0 to 2")],
-        "no event claims the taken name was scaled"
+        adopted.spec.as_ref().unwrap().template,
+        other.spec.as_ref().unwrap().template,
+        "its template is kept"
+    );
+    assert_eq!(w.images(), vec!["nginx:1"; 2]);
+    assert!(
+        w.pods
+            .iter()
+            .all(|p| p.spec.as_ref().unwrap().containers[0].env.is_none()),
+        "only pods of the deployment's template are left"
+    );
+}
+
+#[test]
+fn a_name_held_by_another_owner_is_left_alone_and_the_new_replicaset_renamed() {
+    let (mut w, taken_name, other) = world_with_the_name_taken(Some("other-uid"));
+    w.settle(0, 2 + 2 + 3);
+    check_collision_resolved(&w, &taken_name);
+    assert_eq!(mine(&w).len(), 1);
+    let held = w
+        .rss
+        .iter()
+        .find(|rs| rs.metadata.name.as_deref() == Some(taken_name.as_str()))
+        .unwrap();
+    assert_eq!(
+        held.metadata.owner_references,
+        other.metadata.owner_references
+    );
+    assert_eq!(held.spec, other.spec);
+}
+
+#[test]
+fn only_matching_orphans_of_a_live_deployment_are_adopted() {
+    let d = deployment(2, "nginx:1", json!({}));
+    let mut orphan = first_replicaset(&d);
+    orphan.metadata.owner_references = None;
+    assert!(adoptable(&d, &orphan));
+    assert!(!adoptable(&d, &first_replicaset(&d)), "controlled already");
+    let mut other_app = orphan.clone();
+    other_app
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("app".into(), "db".into());
+    assert!(!adoptable(&d, &other_app), "the selector does not match");
+    let mut elsewhere = orphan.clone();
+    elsewhere.metadata.namespace = Some("other".into());
+    assert!(!adoptable(&d, &elsewhere));
+    let mut going = orphan.clone();
+    going.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:00:00Z")));
+    assert!(!adoptable(&d, &going));
+    let mut deleting = d.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:00:00Z")));
+    assert!(!adoptable(&deleting, &orphan));
+    let mut unselective = d.clone();
+    unselective.spec.as_mut().unwrap().selector = LabelSelector::default();
+    assert!(!adoptable(&unselective, &orphan));
+}
+
+#[test]
+fn a_deployment_made_again_takes_its_orphaned_replicaset_back_unchanged() {
+    let d = deployment(2, "nginx:1", json!({}));
+    let mut orphan = first_replicaset(&d);
+    orphan.metadata.owner_references = None;
+    orphan.metadata.uid = Some("rs-uid".into());
+    orphan.metadata.resource_version = Some("7".into());
+    orphan.status = Some(from(
+        json!({"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}),
+    ));
+    let actions = reconcile(&d, &[orphan.clone()], &[], at("2026-01-01T00:00:00Z"));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateReplicaSet(_))),
+        "{actions:?}"
+    );
+    let updates: Vec<&ReplicaSet> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::UpdateReplicaSet(rs) => Some(&**rs),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates.len(), 1, "{actions:?}");
+    assert!(controlled_by(&updates[0].metadata, "d-uid"));
+    assert_eq!(updates[0].metadata.resource_version.as_deref(), Some("7"));
+    assert_eq!(
+        updates[0].spec, orphan.spec,
+        "the same replicas and template"
+    );
+    let Some(Action::UpdateStatus(s)) = actions.last() else {
+        panic!("{actions:?}")
+    };
+    let Status::Deployment(s) = &**s else {
+        panic!()
+    };
+    assert_eq!(s.available_replicas, Some(2));
+}
+
+#[test]
+fn a_replicaset_relabelled_out_of_the_selector_is_released_and_replaced() {
+    let d = deployment(2, "nginx:1", json!({}));
+    let mut rs = first_replicaset(&d);
+    rs.metadata.uid = Some("rs-uid".into());
+    rs.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("app".into(), "debug".into());
+    assert!(releasable(&d, &rs));
+    assert!(!releasable(&d, &first_replicaset(&d)), "still selected");
+    let mut deleting = d.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:00:00Z")));
+    assert!(
+        !releasable(&deleting, &rs),
+        "a deployment being deleted keeps it"
+    );
+
+    let actions = reconcile(&d, &[rs.clone()], &[], at("2026-01-01T00:00:00Z"));
+    let Some(Action::UpdateReplicaSet(released)) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(released.metadata.name, rs.metadata.name);
+    assert_eq!(released.metadata.owner_references, None, "no owner left");
+    assert_eq!(released.spec, rs.spec, "nothing else changes");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateReplicaSet(_))),
+        "the deployment makes a ReplicaSet of its own again: {actions:?}"
+    );
+    let again = reconcile(&deleting, &[rs], &[], at("2026-01-01T00:00:00Z"));
+    assert!(
+        !again
+            .iter()
+            .any(|a| matches!(a, Action::UpdateReplicaSet(_))),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_deployment_being_deleted_adopts_nothing() {
+    let mut d = deployment(2, "nginx:1", json!({}));
+    d.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:00:00Z")));
+    let mut orphan = first_replicaset(&deployment(2, "nginx:1", json!({})));
+    orphan.metadata.owner_references = None;
+    let actions = reconcile(&d, &[orphan], &[], at("2026-01-01T00:00:00Z"));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::UpdateReplicaSet(_))),
+        "{actions:?}"
     );
 }

@@ -1,6 +1,6 @@
 //! Routing: which work-queue keys a change of each resource concerns (the watches'
 //! event handlers). A pod wakes its controller owner, the scheduler when unbound, and
-//! its namespace's services; a ReplicaSet wakes itself and its Deployment; a node wakes
+//! its namespace's services; a ReplicaSet wakes itself and its Deployment (an orphan: those that may adopt it); a node wakes
 //! the scheduler's view, every DaemonSet and the node pass.
 
 use super::Ctx;
@@ -129,7 +129,8 @@ pub fn lease(ctx: &Ctx, old: Option<&Lease>, new: Option<&Lease>) {
     }
 }
 
-/// A ReplicaSet changed.
+/// A ReplicaSet changed: it, its Deployment, and — while it is an orphan — the
+/// Deployments that may adopt it.
 pub fn replicaset(ctx: &Ctx, old: Option<&ReplicaSet>, new: Option<&ReplicaSet>) {
     for rs in either(old, new) {
         ctx.queues.replicasets.add(key(&rs.metadata));
@@ -137,6 +138,14 @@ pub fn replicaset(ctx: &Ctx, old: Option<&ReplicaSet>, new: Option<&ReplicaSet>)
         for r in rs.metadata.owner_references.iter().flatten() {
             if r.controller == Some(true) && r.kind == "Deployment" {
                 ctx.queues.deployments.add((ns.clone(), r.name.clone()));
+            }
+        }
+    }
+    if let Some(rs) = new {
+        let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
+        for d in ctx.deployments.list_ns(ns) {
+            if flotilla_controllers::deployment::adoptable(&d, rs) {
+                ctx.queues.deployments.add(key(&d.metadata));
             }
         }
     }

@@ -55,7 +55,8 @@ pub async fn replicaset(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration
     run(&ctx, subject("apps", "replicasets", &key), actions).await
 }
 
-/// One Deployment: its ReplicaSets and their pods.
+/// One Deployment: its ReplicaSets and their pods, and the namespace's orphaned
+/// ReplicaSets it may adopt.
 pub async fn deployment(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration>> {
     let Some(d) = ctx.deployments.get(&key) else {
         return Ok(None);
@@ -71,7 +72,13 @@ pub async fn deployment(ctx: Arc<Ctx>, key: ObjKey) -> ApiResult<Option<Duration
         // The Deployment controller reads of pods only their owner and phase.
         pods.extend(owned_pods(&ctx, rs.metadata.uid.as_deref(), false));
     }
-    let sets: Vec<_> = sets.iter().map(|rs| (**rs).clone()).collect();
+    let mut sets: Vec<_> = sets.iter().map(|rs| (**rs).clone()).collect();
+    sets.extend(
+        ctx.replicasets
+            .orphans_ns(&key.0)
+            .iter()
+            .map(|rs| (**rs).clone()),
+    );
     let actions = deployment::reconcile(&d, &sets, &pods, Timestamp::now());
     run(&ctx, subject("apps", "deployments", &key), actions).await
 }

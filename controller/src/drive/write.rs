@@ -424,6 +424,35 @@ async fn one(
         }
         Action::UpdateReplicaSet(rs) => {
             let res = resource("apps", "replicasets");
+            // Adopting (the cached ReplicaSet has no controller, the update adds one): the
+            // owner is read again from the store first (upstream's
+            // RecheckDeletionTimestamp). One gone, replaced or being deleted adopts
+            // nothing and the reconcile stops; the write itself is conditional on the
+            // cached resourceVersion, so a ReplicaSet changed since is not adopted either.
+            let ns = rs.metadata.namespace.clone().unwrap_or_default();
+            let name = rs.metadata.name.clone().unwrap_or_default();
+            type Refs = Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>;
+            let controller = |refs: &Refs| {
+                refs.iter()
+                    .flatten()
+                    .find(|r| r.controller == Some(true))
+                    .cloned()
+            };
+            let cached = ctx.replicasets.get(&(ns.clone(), name.clone()));
+            if let (Some(owner), Some(cached)) = (controller(&rs.metadata.owner_references), cached)
+                && controller(&cached.metadata.owner_references).is_none()
+                && !crate::loops::gc::may_adopt(&ctx.api, &ns, &owner)?
+            {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "not adopting replicaset {ns}/{name}: {} {ns}/{} (uid {}) is gone or \
+                         being deleted",
+                        owner.kind, owner.name, owner.uid
+                    ),
+                ));
+            }
             let v = replace(ctx, res, serde_json::to_value(&*rs).expect("serialize")).await?;
             out.wrote(res, &v);
         }
