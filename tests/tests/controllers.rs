@@ -1029,29 +1029,65 @@ fn a_rollout_that_stops_progressing_exceeds_its_deadline_on_its_own() {
     assert!(err.contains("exceeded its progress deadline"), "{err}");
 }
 
+/// A Deployment `web` of 2 replicas on two nodes, rolled out, then deleted with
+/// `--cascade=orphan`: its one ReplicaSet stays, without owner.
+struct OrphanedWeb {
+    _kubelet: Kubelet,
+    /// The Deployment's manifest, to apply again.
+    yaml: String,
+    /// The Deployment's uid before the delete.
+    deployment_uid: String,
+    /// The orphaned ReplicaSet's name and uid.
+    rs_name: String,
+    rs_uid: String,
+    /// The sorted uids of its pods before the delete.
+    pods: Vec<String>,
+}
+
+impl OrphanedWeb {
+    fn start(c: &Controller) -> OrphanedWeb {
+        let nodes = ["n1", "n2"];
+        for n in nodes {
+            c.node(n, "4", "", "");
+        }
+        let kubelet = Kubelet::start(c, &nodes, false);
+        let yaml = deployment("web", 2, "busybox:1.36", "100m", "");
+        c.apply(&yaml);
+        c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+        let sets = c.items(&["get", "rs", "-l", "app=web"]);
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        let rs_name = s(&sets[0], &["metadata", "name"]).to_owned();
+        let rs_uid = s(&sets[0], &["metadata", "uid"]).to_owned();
+        let deployment_uid =
+            s(&c.json(&["get", "deployment", "web"]), &["metadata", "uid"]).to_owned();
+        let pods = uids(&c.items(&["get", "pods", "-l", "app=web"]));
+        assert_eq!(pods.len(), 2);
+
+        c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+        assert!(gone(c, "deployment", "web"), "the Deployment is deleted");
+        c.wait(
+            "the ReplicaSet to be orphaned",
+            Duration::from_secs(20),
+            || c.json(&["get", "rs", &rs_name])["metadata"]["ownerReferences"].is_null(),
+        );
+        OrphanedWeb {
+            _kubelet: kubelet,
+            yaml,
+            deployment_uid,
+            rs_name,
+            rs_uid,
+            pods,
+        }
+    }
+}
+
 #[test]
 fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
     let c = Controller::start();
-    let nodes = ["n1", "n2"];
-    for n in nodes {
-        c.node(n, "4", "", "");
-    }
-    let _kubelet = Kubelet::start(&c, &nodes, false);
-    let yaml = deployment("web", 2, "busybox:1.36", "100m", "");
-    c.apply(&yaml);
-    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    let first = c.items(&["get", "rs", "-l", "app=web"]);
-    assert_eq!(first.len(), 1, "{first:?}");
-    let taken = s(&first[0], &["metadata", "name"]).to_owned();
-
     // The Deployment goes, its ReplicaSet stays; then someone edits that ReplicaSet's
     // template under the name the Deployment's template hashes to.
-    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
-    c.wait(
-        "the ReplicaSet to be orphaned",
-        Duration::from_secs(20),
-        || c.json(&["get", "rs", &taken])["metadata"]["ownerReferences"].is_null(),
-    );
+    let web = OrphanedWeb::start(&c);
+    let (yaml, taken) = (web.yaml.clone(), web.rs_name.clone());
     c.ok(&[
         "patch",
         "rs",
@@ -1136,31 +1172,11 @@ fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
 #[test]
 fn a_deployment_made_again_adopts_its_orphaned_replicaset_and_pods() {
     let c = Controller::start();
-    let nodes = ["n1", "n2"];
-    for n in nodes {
-        c.node(n, "4", "", "");
-    }
-    let _kubelet = Kubelet::start(&c, &nodes, false);
-    let yaml = deployment("web", 2, "busybox:1.36", "100m", "");
-    c.apply(&yaml);
-    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    let sets = c.items(&["get", "rs", "-l", "app=web"]);
-    assert_eq!(sets.len(), 1, "{sets:?}");
-    let rs_name = s(&sets[0], &["metadata", "name"]).to_owned();
-    let rs_uid = s(&sets[0], &["metadata", "uid"]).to_owned();
-    let old_uid = s(&c.json(&["get", "deployment", "web"]), &["metadata", "uid"]).to_owned();
-    let pods_before = uids(&c.items(&["get", "pods", "-l", "app=web"]));
-    assert_eq!(pods_before.len(), 2);
+    let web = OrphanedWeb::start(&c);
+    let (rs_name, rs_uid) = (web.rs_name.clone(), web.rs_uid.clone());
+    let (old_uid, pods_before) = (web.deployment_uid.clone(), web.pods.clone());
 
-    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
-    assert!(gone(&c, "deployment", "web"), "the Deployment is deleted");
-    c.wait(
-        "the ReplicaSet to be orphaned",
-        Duration::from_secs(20),
-        || c.json(&["get", "rs", &rs_name])["metadata"]["ownerReferences"].is_null(),
-    );
-
-    c.apply(&yaml);
+    c.apply(&web.yaml);
     let uid = s(&c.json(&["get", "deployment", "web"]), &["metadata", "uid"]).to_owned();
     assert_ne!(uid, old_uid, "a new Deployment");
     c.wait(
