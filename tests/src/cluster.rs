@@ -160,21 +160,10 @@ impl Agent {
         if let Some(token) = token {
             cmd.env("FLOTILLA_TOKEN", token);
         }
-        // In the node's network namespace and a private mount namespace, with the
-        // host's /sys (`ip netns exec` would remount /sys and hide the cgroup file
-        // systems the pods need). nsenter and unshare exec in place: the PID is the
-        // agent's own.
+        // The agent's default log filter, as an operator sees it.
+        cmd.env_remove("RUST_LOG");
         let netns = self.node.netns_path();
-        let mut wrapped = Command::new("nsenter");
-        wrapped
-            .arg(format!("--net={}", netns.display()))
-            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
-            .arg(cmd.get_program())
-            .args(cmd.get_args())
-            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
-            // The agent's default log filter, as an operator sees it.
-            .env_remove("RUST_LOG");
-        Process::try_spawn(wrapped, Some(&netns))
+        Process::try_spawn(self.node.wrap_keeping_sys(&cmd), Some(&netns))
             .unwrap_or_else(|e| panic!("cannot start agent {}: {e:#}", self.name))
             .named(&format!("flotilla-agent {}", self.name))
     }

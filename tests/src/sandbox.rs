@@ -256,6 +256,26 @@ impl Node {
         wrapped
     }
 
+    /// `cmd` rewritten to run in the node's network namespace and a private mount
+    /// namespace of its own, but with the host's /sys: what a node agent needs
+    /// (`ip netns exec`, as [`Node::wrap`] uses, remounts /sys and hides the cgroup
+    /// file systems). nsenter and unshare exec in place: the PID is the program's.
+    pub fn wrap_keeping_sys(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("nsenter");
+        wrapped
+            .arg(format!("--net={}", self.netns_path().display()))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        wrapped
+    }
+
     /// Runs `ip -n <ns> args…` (configuration inside the node); returns its stdout.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         Ok(String::from_utf8_lossy(&self.ns.ip(args)?.stdout).into_owned())

@@ -88,19 +88,8 @@ impl Cluster {
         if let Some(token) = token {
             cmd.env("FLOTILLA_TOKEN", token);
         }
-        // In the node's network namespace and a private mount namespace of its own,
-        // but with the host's /sys (`ip netns exec` would remount /sys and hide the
-        // cgroup file systems the pod manager needs). nsenter and unshare exec in
-        // place: the PID is the agent's.
         let netns = self.node.netns_path();
-        let mut wrapped = Command::new("nsenter");
-        wrapped
-            .arg(format!("--net={}", netns.display()))
-            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
-            .arg(cmd.get_program())
-            .args(cmd.get_args())
-            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
-        Process::try_spawn(wrapped, Some(&netns))
+        Process::try_spawn(self.node.wrap_keeping_sys(&cmd), Some(&netns))
             .unwrap()
             .named("flotilla-agent")
     }
