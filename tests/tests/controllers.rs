@@ -1029,7 +1029,7 @@ fn a_rollout_that_stops_progressing_exceeds_its_deadline_on_its_own() {
     assert!(err.contains("exceeded its progress deadline"), "{err}");
 }
 
-/// A Deployment `web` of 2 replicas on two nodes, rolled out, then deleted with
+/// A Deployment `web` of `replicas` on two nodes, rolled out, then deleted with
 /// `--cascade=orphan`: its one ReplicaSet stays, without owner.
 struct OrphanedWeb {
     _kubelet: Kubelet,
@@ -1045,13 +1045,13 @@ struct OrphanedWeb {
 }
 
 impl OrphanedWeb {
-    fn start(c: &Controller) -> OrphanedWeb {
+    fn start(c: &Controller, replicas: u32) -> OrphanedWeb {
         let nodes = ["n1", "n2"];
         for n in nodes {
             c.node(n, "4", "", "");
         }
         let kubelet = Kubelet::start(c, &nodes, false);
-        let yaml = deployment("web", 2, "busybox:1.36", "100m", "");
+        let yaml = deployment("web", replicas, "busybox:1.36", "100m", "");
         c.apply(&yaml);
         c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
         let sets = c.items(&["get", "rs", "-l", "app=web"]);
@@ -1061,7 +1061,7 @@ impl OrphanedWeb {
         let deployment_uid =
             s(&c.json(&["get", "deployment", "web"]), &["metadata", "uid"]).to_owned();
         let pods = uids(&c.items(&["get", "pods", "-l", "app=web"]));
-        assert_eq!(pods.len(), 2);
+        assert_eq!(pods.len(), replicas as usize);
 
         c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
         assert!(gone(c, "deployment", "web"), "the Deployment is deleted");
@@ -1086,7 +1086,7 @@ fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
     let c = Controller::start();
     // The Deployment goes, its ReplicaSet stays; then someone edits that ReplicaSet's
     // template under the name the Deployment's template hashes to.
-    let web = OrphanedWeb::start(&c);
+    let web = OrphanedWeb::start(&c, 2);
     let (yaml, taken) = (web.yaml.clone(), web.rs_name.clone());
     c.ok(&[
         "patch",
@@ -1172,7 +1172,7 @@ fn a_replicaset_name_taken_by_another_template_raises_the_collision_count() {
 #[test]
 fn a_deployment_made_again_adopts_its_orphaned_replicaset_and_pods() {
     let c = Controller::start();
-    let web = OrphanedWeb::start(&c);
+    let web = OrphanedWeb::start(&c, 2);
     let (rs_name, rs_uid) = (web.rs_name.clone(), web.rs_uid.clone());
     let (old_uid, pods_before) = (web.deployment_uid.clone(), web.pods.clone());
 
@@ -1300,22 +1300,9 @@ fn an_orphan_delete_of_a_replicaset_leaves_its_pods() {
 #[test]
 fn an_orphan_delete_of_a_deployment_leaves_its_replicaset_and_pods() {
     let c = Controller::start();
-    let nodes = ["n1", "n2"];
-    for n in nodes {
-        c.node(n, "4", "", "");
-    }
-    let _kubelet = Kubelet::start(&c, &nodes, false);
-    c.apply(&deployment("web", 3, "busybox:1.36", "100m", ""));
-    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    let sets = c.items(&["get", "rs", "-l", "app=web"]);
-    assert_eq!(sets.len(), 1, "{sets:?}");
-    let rs_name = s(&sets[0], &["metadata", "name"]).to_owned();
-    let rs_uid = s(&sets[0], &["metadata", "uid"]).to_owned();
-    let pods_before = uids(&c.items(&["get", "pods", "-l", "app=web"]));
-    assert_eq!(pods_before.len(), 3);
-
-    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
-    assert!(gone(&c, "deployment", "web"), "the Deployment is deleted");
+    let web = OrphanedWeb::start(&c, 3);
+    let (rs_name, rs_uid, pods_before) =
+        (web.rs_name.clone(), web.rs_uid.clone(), web.pods.clone());
     holds_for(5, || {
         let sets = c.items(&["get", "rs", "-l", "app=web"]);
         assert_eq!(uids(&sets), vec![rs_uid.clone()], "the same one ReplicaSet");
