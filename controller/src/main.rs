@@ -177,6 +177,7 @@ fn serve(
             },
         )?;
         drive::spawn(api.clone(), drive)?;
+        let listen = listener.local_addr().unwrap_or(listen);
         tracing::info!(%listen, kubeconfig = %pki::admin_kubeconfig(&data_dir).display(), "serving the Kubernetes API");
         server::serve(api, listener, tls).await
     })
