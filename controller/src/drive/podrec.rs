@@ -366,12 +366,9 @@ impl PodRecord {
         )
     }
 
-    /// The uid of the controller owner reference.
+    /// The controller owner reference.
     pub fn controller(&self) -> Option<&OwnerReference> {
-        self.owner_references
-            .iter()
-            .flat_map(|o| o.iter())
-            .find(|r| r.controller == Some(true))
+        super::cache::controller_of(self.owner_references.as_deref())
     }
 
     /// Bound to a node.

@@ -4,7 +4,7 @@
 //! the scheduler's view, every DaemonSet and the node pass.
 
 use super::Ctx;
-use super::cache::ObjKey;
+use super::cache::{ObjKey, controller_of};
 use super::podrec::PodRecord;
 use super::{nodes, scheduler};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
@@ -135,10 +135,10 @@ pub fn replicaset(ctx: &Ctx, old: Option<&ReplicaSet>, new: Option<&ReplicaSet>)
     for rs in either(old, new) {
         ctx.queues.replicasets.add(key(&rs.metadata));
         let ns = rs.metadata.namespace.clone().unwrap_or_default();
-        for r in rs.metadata.owner_references.iter().flatten() {
-            if r.controller == Some(true) && r.kind == "Deployment" {
-                ctx.queues.deployments.add((ns.clone(), r.name.clone()));
-            }
+        if let Some(r) = controller_of(rs.metadata.owner_references.as_deref())
+            && r.kind == "Deployment"
+        {
+            ctx.queues.deployments.add((ns.clone(), r.name.clone()));
         }
     }
     if let Some(rs) = new {

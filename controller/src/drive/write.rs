@@ -4,6 +4,7 @@
 //! commit batches them.
 
 use super::Ctx;
+use super::cache::controller_of;
 use super::events;
 use crate::api::binding;
 use crate::api::meta::{self, metadata_mut};
@@ -270,12 +271,8 @@ async fn replicaset_name_taken(
     let d_res = resource("apps", "deployments");
     let ns = tried.metadata.namespace.as_deref().unwrap_or("");
     let name = tried.metadata.name.as_deref().unwrap_or("");
-    let owner = tried
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true) && r.kind == "Deployment");
+    let owner = controller_of(tried.metadata.owner_references.as_deref())
+        .filter(|r| r.kind == "Deployment");
     let (Some(owner), Some(stored)) = (owner, ctx.api.store.get(&key_of(rs_res, Some(ns), name))?)
     else {
         return Err(taken);
@@ -431,17 +428,12 @@ async fn one(
             // cached resourceVersion, so a ReplicaSet changed since is not adopted either.
             let ns = rs.metadata.namespace.clone().unwrap_or_default();
             let name = rs.metadata.name.clone().unwrap_or_default();
-            type Refs = Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>;
-            let controller = |refs: &Refs| {
-                refs.iter()
-                    .flatten()
-                    .find(|r| r.controller == Some(true))
-                    .cloned()
-            };
             let cached = ctx.replicasets.get(&(ns.clone(), name.clone()));
-            if let (Some(owner), Some(cached)) = (controller(&rs.metadata.owner_references), cached)
-                && controller(&cached.metadata.owner_references).is_none()
-                && !crate::loops::gc::may_adopt(&ctx.api, &ns, &owner)?
+            if let (Some(owner), Some(cached)) = (
+                controller_of(rs.metadata.owner_references.as_deref()),
+                cached,
+            ) && controller_of(cached.metadata.owner_references.as_deref()).is_none()
+                && !crate::loops::gc::may_adopt(&ctx.api, &ns, owner)?
             {
                 return Err(ApiError::new(
                     409,
