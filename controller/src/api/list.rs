@@ -255,7 +255,9 @@ fn write_list(plan: &Plan, out: &mut Out) -> Result<(), StoreError> {
                 out.buf.push(b',');
             }
             match &plan.shape {
-                Shape::Objects => push_object(&mut out.buf, o.value, o.revision),
+                Shape::Objects => {
+                    meta::push_with_resource_version(&mut out.buf, o.value, o.revision)
+                }
                 Shape::Table { include } => {
                     let v = full.unwrap_or_else(|| meta::decode(o.value, o.revision));
                     serde_json::to_writer(&mut out.buf, &table::row(res, &v, include))
@@ -275,26 +277,6 @@ fn write_list(plan: &Plan, out: &mut Out) -> Result<(), StoreError> {
     .expect("JSON values serialize");
     out.buf.push(b'}');
     out.send()
-}
-
-/// Appends a stored object with `"resourceVersion":"rv"` spliced into its top-level
-/// metadata, as [`meta::with_resource_version`] does, without an intermediate copy.
-fn push_object(out: &mut Vec<u8>, stored: &[u8], rv: u64) {
-    const NEEDLE: &[u8] = b"\"metadata\":{";
-    match stored.windows(NEEDLE.len()).position(|w| w == NEEDLE) {
-        Some(pos) => {
-            let at = pos + NEEDLE.len();
-            out.extend_from_slice(&stored[..at]);
-            out.extend_from_slice(b"\"resourceVersion\":\"");
-            out.extend_from_slice(rv.to_string().as_bytes());
-            out.push(b'"');
-            if stored.get(at) != Some(&b'}') {
-                out.push(b',');
-            }
-            out.extend_from_slice(&stored[at..]);
-        }
-        None => out.extend_from_slice(&meta::with_resource_version(stored, rv)),
-    }
 }
 
 /// A tree of the object paths the selectors read (`metadata.labels`, each field
@@ -500,15 +482,19 @@ mod tests {
     #[test]
     fn objects_get_their_resource_version_without_a_parse() {
         let mut out = Vec::new();
-        push_object(&mut out, br#"{"kind":"Pod","metadata":{"name":"a"}}"#, 42);
+        meta::push_with_resource_version(
+            &mut out,
+            br#"{"kind":"Pod","metadata":{"name":"a"}}"#,
+            42,
+        );
         out.push(b',');
-        push_object(&mut out, br#"{"metadata":{}}"#, 7);
+        meta::push_with_resource_version(&mut out, br#"{"metadata":{}}"#, 7);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"kind":"Pod","metadata":{"resourceVersion":"42","name":"a"}},{"metadata":{"resourceVersion":"7"}}"#
         );
         let mut out = Vec::new();
-        push_object(&mut out, br#"{"kind":"Pod"}"#, 3);
+        meta::push_with_resource_version(&mut out, br#"{"kind":"Pod"}"#, 3);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["metadata"]["resourceVersion"], "3");
     }

@@ -70,26 +70,33 @@ pub fn name(obj: &Value) -> &str {
 /// `"metadata":{` is the top-level one (every key sorting before it holds a string
 /// or an object without metadata); this avoids a parse per served object.
 pub fn with_resource_version(stored: &[u8], rv: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len() + 32);
+    push_with_resource_version(&mut out, stored, rv);
+    out
+}
+
+/// Appends a stored object to `out` with its resourceVersion inserted, as
+/// [`with_resource_version`] makes it, without an intermediate copy (lists, watches).
+pub fn push_with_resource_version(out: &mut Vec<u8>, stored: &[u8], rv: u64) {
     const NEEDLE: &[u8] = b"\"metadata\":{";
     if let Some(pos) = find(stored, NEEDLE) {
         let at = pos + NEEDLE.len();
-        let mut out = Vec::with_capacity(stored.len() + 32);
         out.extend_from_slice(&stored[..at]);
         out.extend_from_slice(b"\"resourceVersion\":\"");
         out.extend_from_slice(rv.to_string().as_bytes());
-        out.extend_from_slice(b"\"");
+        out.push(b'"');
         if stored.get(at) != Some(&b'}') {
             out.push(b',');
         }
         out.extend_from_slice(&stored[at..]);
-        return out;
+        return;
     }
     match serde_json::from_slice::<Value>(stored) {
         Ok(mut v) => {
             metadata_mut(&mut v).insert("resourceVersion".into(), rv.to_string().into());
-            serde_json::to_vec(&v).unwrap_or_default()
+            serde_json::to_writer(&mut *out, &v).expect("JSON values serialize");
         }
-        Err(_) => stored.to_vec(),
+        Err(_) => out.extend_from_slice(stored),
     }
 }
 

@@ -33,12 +33,11 @@ fn line(kind: &str, object: &Value) -> Bytes {
 /// An event line straight from a stored object: its bytes with the resourceVersion
 /// spliced in, never decoded (plain watches, the common case).
 fn line_from_stored(kind: &str, stored: &[u8], rv: u64) -> Bytes {
-    let object = meta::with_resource_version(stored, rv);
-    let mut v = Vec::with_capacity(object.len() + 32);
+    let mut v = Vec::with_capacity(stored.len() + 64);
     v.extend_from_slice(b"{\"type\":\"");
     v.extend_from_slice(kind.as_bytes());
     v.extend_from_slice(b"\",\"object\":");
-    v.extend_from_slice(&object);
+    meta::push_with_resource_version(&mut v, stored, rv);
     v.extend_from_slice(b"}\n");
     Bytes::from(v)
 }
